@@ -70,3 +70,19 @@ def iter_documents(
 def count_documents(paths: Sequence[str | Path]) -> int:
     """Number of rows across shards, from Parquet metadata alone."""
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+
+
+DOCS_DIR = "docs"
+
+
+def doc_shard_name(index: int) -> str:
+    """File name of document shard `index` inside an artifact's ``docs/`` directory."""
+    return f"{DOCS_DIR}/part-{index:05d}.parquet"
+
+
+def doc_shards(artifact_dir: str | Path) -> list[Path]:
+    """The document shards of a clean-stage artifact, in order."""
+    shards = sorted(Path(artifact_dir).glob(f"{DOCS_DIR}/part-*.parquet"))
+    if not shards:
+        raise KilnError(f"{artifact_dir}: no document shards in {DOCS_DIR}/; run the clean stage first")
+    return shards

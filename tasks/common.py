@@ -1,0 +1,64 @@
+"""What every stage task shares: the cache policy that makes Prefect's cache follow the artifact store.
+
+The store is the source of truth. Prefect's cache key for a stage is its artifact
+key plus the store's build token (`ArtifactStore.cache_token`), computed from
+canonical data only — upstream artifact keys as strings, configs as sorted JSON —
+because results read back from Prefect's cache are unpickled and their `repr` or
+class identity may differ from the originals. So:
+
+- a finished stage shows as Cached in the UI and does no work;
+- changing a stage's config changes its key and its downstream keys, and only those rerun;
+- an artifact deleted from the store gets a new build token, so Prefect's stale
+  Cached record is never used for it;
+- a killed build keeps its token, so the retry is the same build and resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+
+from storage.store import ArtifactRef, ArtifactStore, artifact_key
+
+
+@dataclasses.dataclass
+class ArtifactCachePolicy(CachePolicy):
+    """Cache key = ``<stage>-<artifact key>-<build token>`` read from the task's own parameters.
+
+    `inputs` names the task parameters holding upstream `ArtifactRef`s, in the
+    order the stage function hashes them; `config` and `store_root` name the
+    parameters holding the stage config and the store root.
+    """
+
+    stage: str = ""
+    code_version: str = "1"
+    inputs: Sequence[str] = ()
+    config: str = "cfg"
+    store_root: str = "store_root"
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        refs = [_as_ref(inputs[name]) for name in self.inputs]
+        key = artifact_key(self.stage, self.code_version, inputs[self.config], refs)
+        token = ArtifactStore(inputs[self.store_root]).cache_token(self.stage, key)
+        return f"kiln-{self.stage}-{key}-{token}"
+
+
+def _as_ref(value: Any) -> ArtifactRef:
+    """Rebuild a ref from its fields, whatever class object unpickling produced."""
+    return ArtifactRef(stage=str(value.stage), key=str(value.key), uri=str(value.uri))
+
+
+def stage_task_options(stage: str, code_version: str, inputs: Sequence[str], *, retries: int = 0) -> dict[str, Any]:
+    """The `@task(...)` keyword arguments every stage uses (results persisted, so caching works)."""
+    return {
+        "name": stage,
+        "cache_policy": ArtifactCachePolicy(stage=stage, code_version=code_version, inputs=tuple(inputs)),
+        "persist_result": True,
+        "retries": retries,
+        "retry_delay_seconds": 5 if retries else 0,
+    }
