@@ -75,9 +75,13 @@ def count_documents(paths: Sequence[str | Path]) -> int:
 DOCS_DIR = "docs"
 
 
-def doc_shard_name(index: int) -> str:
-    """File name of document shard `index` inside an artifact's ``docs/`` directory."""
-    return f"{DOCS_DIR}/part-{index:05d}.parquet"
+def doc_shard_name(source_index: int, shard_index: int) -> str:
+    """Path of a document shard inside an artifact: shard `shard_index` cut from input `source_index`.
+
+    Names sort in input order, so readers see documents in a fixed order whatever
+    the number of workers that wrote them.
+    """
+    return f"{DOCS_DIR}/part-{source_index:04d}-{shard_index:05d}.parquet"
 
 
 def doc_shards(artifact_dir: str | Path) -> list[Path]:

@@ -41,6 +41,7 @@ MANIFEST = "manifest.json"
 UNITS_DIR = ".units"
 BUILD_ID_FILE = ".build-id"
 DEFAULT_ROOT = "kiln-artifacts"
+RUNS_LOG = "runs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,26 @@ class ArtifactStore:
             shutil.rmtree(final)
         os.rename(build.dir, final)
 
-    # -- garbage collection ----------------------------------------------------
+    # -- run log and garbage collection -----------------------------------------
+    def record_run(self, label: str, refs: dict[str, ArtifactRef]) -> None:
+        """Append the artifacts a pipeline run used to ``runs.jsonl`` (what gc keeps)."""
+        entry = {
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "label": label,
+            "artifacts": {stage: f"{ref.stage}/{ref.key}" for stage, ref in refs.items()},
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock("", "runs"), open(self.root / RUNS_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def recent_runs(self, n: int) -> list[dict[str, Any]]:
+        """The last `n` entries of the run log, oldest first."""
+        path = self.root / RUNS_LOG
+        if not path.exists():
+            return []
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return [json.loads(ln) for ln in lines[-n:]] if n > 0 else []
+
     def gc(self, keep: set[str], *, dry_run: bool = False) -> list[Path]:
         """Delete artifacts whose ``stage/key`` is not in `keep`, plus abandoned partial builds."""
         doomed = [

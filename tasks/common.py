@@ -16,7 +16,7 @@ class identity may differ from the originals. So:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -38,12 +38,16 @@ class ArtifactCachePolicy(CachePolicy):
     inputs: Sequence[str] = ()
     config: str = "cfg"
     store_root: str = "store_root"
+    # Maps the config to what the stage hashes, when that is more than the config
+    # itself (download adds a fingerprint of local source files).
+    key_config: Callable[[Any], Any] | None = None
 
     def compute_key(
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
     ) -> str | None:
         refs = [_as_ref(inputs[name]) for name in self.inputs]
-        key = artifact_key(self.stage, self.code_version, inputs[self.config], refs)
+        cfg = inputs[self.config]
+        key = artifact_key(self.stage, self.code_version, self.key_config(cfg) if self.key_config else cfg, refs)
         token = ArtifactStore(inputs[self.store_root]).cache_token(self.stage, key)
         return f"kiln-{self.stage}-{key}-{token}"
 
@@ -53,11 +57,19 @@ def _as_ref(value: Any) -> ArtifactRef:
     return ArtifactRef(stage=str(value.stage), key=str(value.key), uri=str(value.uri))
 
 
-def stage_task_options(stage: str, code_version: str, inputs: Sequence[str], *, retries: int = 0) -> dict[str, Any]:
+def stage_task_options(
+    stage: str,
+    code_version: str,
+    inputs: Sequence[str],
+    *,
+    retries: int = 0,
+    key_config: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
     """The `@task(...)` keyword arguments every stage uses (results persisted, so caching works)."""
+    policy = ArtifactCachePolicy(stage=stage, code_version=code_version, inputs=tuple(inputs), key_config=key_config)
     return {
         "name": stage,
-        "cache_policy": ArtifactCachePolicy(stage=stage, code_version=code_version, inputs=tuple(inputs)),
+        "cache_policy": policy,
         "persist_result": True,
         "retries": retries,
         "retry_delay_seconds": 5 if retries else 0,

@@ -1,0 +1,55 @@
+"""One flow per stage, for running (or deploying) a stage alone; its upstream stages come from the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.dag import run_dag
+
+
+@flow(name="kiln-download")
+def download_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Fetch the configured sources."""
+    return run_dag(config, overrides or [], until="download").summary()
+
+
+@flow(name="kiln-clean")
+def clean_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Download (cached) and clean into Parquet documents."""
+    return run_dag(config, overrides or [], until="clean").summary()
+
+
+@flow(name="kiln-tokenizer")
+def tokenizer_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train (or import) the tokenizer on the cleaned documents."""
+    return run_dag(config, overrides or [], until="tokenizer").summary()
+
+
+@flow(name="kiln-pretokenize")
+def pretokenize_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Tokenize the documents into token shards."""
+    return run_dag(config, overrides or [], until="pretokenize").summary()
+
+
+@flow(name="kiln-pretrain")
+def pretrain_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Pretrain the model through torchrun."""
+    return run_dag(config, overrides or [], until="pretrain").summary()
+
+
+@flow(name="kiln-generate")
+def generate_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Sample text from the pretrained model."""
+    return run_dag(config, overrides or [], until="generate").summary()
+
+
+STAGE_FLOWS = {
+    "download": download_flow,
+    "clean": clean_flow,
+    "tokenizer": tokenizer_flow,
+    "pretokenize": pretokenize_flow,
+    "pretrain": pretrain_flow,
+    "generate": generate_flow,
+}

@@ -1,0 +1,115 @@
+"""The ``kiln`` command line.
+
+    kiln run configs/demo.toml                 # the whole DAG (finished stages are cached)
+    kiln run configs/demo.toml --until clean   # a stage and what it depends on
+    kiln run configs/demo.toml -s pretrain.steps=50 -s tokenizer.vocab_size=4000
+    kiln artifacts ls | show <stage>/<key> | gc [--keep-runs N] [--yes]
+
+Prefect is imported only by ``run``, so artifact commands stay fast. A
+`KilnError` is printed as one line without a traceback, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", help="artifact store root (default: $KILN_HOME or ./kiln-artifacts)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (or a prefix of it) as a Prefect flow")
+    run.add_argument("config", nargs="?", default="configs/demo.toml", help="pipeline TOML file")
+    run.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. pretrain.steps=50 (repeatable)")
+    run.add_argument("--until", default="generate", help="last stage to run (default: generate)")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    arts = sub.add_parser("artifacts", help="inspect and clean the artifact store")
+    arts_sub = arts.add_subparsers(dest="action", required=True)
+    arts_sub.add_parser("ls", help="list artifacts")
+    show = arts_sub.add_parser("show", help="print an artifact's manifest")
+    show.add_argument("ref", help="<stage>/<key> (a unique key prefix is enough)")
+    show.add_argument("--verify", action="store_true", help="recompute sha256 of every file")
+    gc = arts_sub.add_parser("gc", help="delete artifacts not used by the latest runs")
+    gc.add_argument("--keep-runs", type=int, default=1, help="keep what the last N runs used (default 1)")
+    gc.add_argument("--yes", action="store_true", help="delete (without it, only list)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.root:
+        os.environ["KILN_HOME"] = str(Path(args.root).resolve())
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _artifacts(args)
+    except KilnError as exc:
+        print(f"kiln: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline  # Prefect is slow to import: only here
+
+    summary: dict[str, Any] = pipeline(config=args.config, overrides=args.overrides, until=args.until)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"\n{'stage':<12} {'state':<10} artifact")
+    for stage, info in summary["stages"].items():
+        print(f"{stage:<12} {info['state']:<10} {info['artifact']}")
+    if "final_loss" in summary:
+        print(f"\nfinal training loss: {summary['final_loss']:.4f}")
+    for sample in summary.get("samples", []):
+        print(f"\nprompt: {sample['prompt']!r}\nsample: {sample['text']}")
+    return 0
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    from storage.store import ArtifactStore
+
+    store = ArtifactStore()
+    if args.action == "ls":
+        for m in store.list():
+            counts = ", ".join(f"{k}={v}" for k, v in list(m.get("counts", {}).items())[:4])
+            print(f"{m['created_at']}  {m['stage']:<12} {m['key']}  {counts}")
+        return 0
+    if args.action == "show":
+        ref = _find(store, args.ref)
+        if args.verify:
+            store.verify(ref)
+        print(json.dumps(store.manifest(ref), indent=2, ensure_ascii=False))
+        return 0
+    keep = {key for run in store.recent_runs(args.keep_runs) for key in run["artifacts"].values()}
+    doomed = store.gc(keep, dry_run=not args.yes)
+    verb = "deleted" if args.yes else "would delete"
+    for path in doomed:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(doomed)} entries; kept {len(keep)} artifacts used by the last {args.keep_runs} run(s)")
+    return 0
+
+
+def _find(store: Any, text: str) -> Any:
+    """Resolve ``stage/key`` or a unique key prefix to a complete artifact."""
+    matches = [m for m in store.list() if f"{m['stage']}/{m['key']}".startswith(text) or m["key"].startswith(text)]
+    if len(matches) != 1:
+        raise KilnError(f"artifact {text!r}: {len(matches)} matches; give <stage>/<key> (see kiln artifacts ls)")
+    ref = store.get(matches[0]["stage"], matches[0]["key"])
+    if ref is None:
+        raise KilnError(f"artifact {text!r} is incomplete; rerun its stage")
+    return ref
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The whole pipeline's config: one section per stage, loaded from one TOML file.
+
+``configs/demo.toml`` is an example; every key is checked against these
+dataclasses, so a typo is an error naming the key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.config import load_config
+from tasks.clean import CleanConfig
+from tasks.download import DownloadConfig
+from tasks.generate import GenerateConfig
+from tasks.pretokenize import PretokenizeConfig
+from tasks.pretrain import PretrainConfig
+from tasks.tokenizer import TokenizerConfig
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where artifacts live."""
+
+    root: str = ""
+    """Artifact store root; empty means ``$KILN_HOME`` or ``./kiln-artifacts``."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every stage's settings; stages read only their own section."""
+
+    download: DownloadConfig
+    store: StoreConfig = field(default_factory=StoreConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+
+def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read a pipeline TOML file plus ``section.key=value`` overrides."""
+    return load_config(PipelineConfig, path, overrides)

@@ -1,0 +1,208 @@
+"""`TrainConfig`: every setting of a pretraining run, as nested dataclasses loaded by `kiln.config`.
+
+    cfg = load_config(TrainConfig, "configs/train/debug.toml", ["optim.lr=1e-3", "run.steps=50"])
+
+Sections mirror the parts of the trainer: `model` (which network), `data` (which
+tokens, how many per step), `optim` and `schedule` (how weights move), `checkpoint`
+(what is kept on disk) and `run` (where, how long, on what hardware). Each field has
+a docstring; `__post_init__` rejects bad values with a message naming the key.
+
+Fields marked `runtime_field` change how fast a run goes, never what it learns, so
+the Prefect pretrain stage leaves them out of its artifact key.
+
+Batch semantics (read this once): one optimizer step consumes
+``micro_batch_size * grad_accum_steps`` sequences of ``seq_len`` tokens **in total
+over all ranks**. Each of the ``world_size`` ranks runs ``grad_accum_steps /
+world_size`` micro-steps, so the same config learns the same thing (same data
+order, same global batch) on 1, 2 or 8 devices, and a run may resume on a different
+number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kiln.config import runtime_field
+from kiln.errors import KilnError
+from model import ModelConfig, get_preset
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise KilnError(f"train config: {key} {message}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    preset: str = "debug"
+    """Name of a `model.PRESETS` shape (debug, tiny, 125m, 1b, 7b, llama3-8b)."""
+    overrides: dict[str, int | float | str | bool | None] = field(default_factory=dict)
+    """ModelConfig fields replacing the preset's, e.g. ``{max_seq_len = 512}``. The pretrain
+    stage sets ``vocab_size`` from the tokenizer (its size padded to a multiple of 64)."""
+
+    def __post_init__(self) -> None:
+        self.resolve()  # an unknown preset or a bad override fails when the config is read
+
+    def resolve(self) -> ModelConfig:
+        """The ModelConfig this section describes."""
+        return get_preset(self.preset, **self.overrides)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    train_dir: str = ""
+    """Split directory of token shards (``<tokens artifact>/train``); required to train."""
+    val_dir: str = ""
+    """Validation split directory; empty means no validation."""
+    seq_len: int = 128
+    """Tokens per training sequence; at most the model's max_seq_len."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass on one rank."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step summed over ALL ranks (a multiple of the world size):
+    global batch = micro_batch_size * grad_accum_steps sequences, whatever the device count."""
+    num_workers: int = runtime_field(0)
+    """Background threads prefetching batches from the memory-mapped shards. 0 reads in the
+    training thread (a memmap gather costs microseconds); threads share the memmaps, so
+    memory does not grow with them."""
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "micro_batch_size", "grad_accum_steps"):
+            _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 3e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 3e-5
+    """Floor of the cosine/WSD decay (nanoGPT/Chinchilla habit: lr / 10)."""
+    weight_decay: float = 0.1
+    """Decoupled AdamW decay, applied to 2-D weights only (matmuls and embeddings; see optim.py)."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.95
+    """AdamW second-moment decay (0.95 rather than 0.999: steadier at LLM batch sizes, as in Llama/GPT-3)."""
+    eps: float = 1e-8
+    """AdamW denominator epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
+    fused: bool | None = runtime_field(None)
+    """Fused AdamW kernel; None means on when the parameters are on CUDA."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr <= self.lr, "optim.min_lr", f"must be in [0, optim.lr], got {self.min_lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            _check(0 <= getattr(self, name) < 1, f"optim.{name}", f"must be in [0, 1), got {getattr(self, name)}")
+        _check(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
+        _check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"
+    """cosine: warmup then cosine to min_lr at the last step; wsd: warmup, flat at lr, then a
+    linear decay to min_lr over the last `decay_steps_fraction` of the run; constant: warmup then lr."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from ~0 to lr."""
+    decay_steps_fraction: float = 0.2
+    """WSD only: share of all steps spent in the final decay (MiniCPM and OLMo use 0.1-0.2)."""
+
+    def __post_init__(self) -> None:
+        _check(self.warmup_steps >= 0, "schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(0 < self.decay_steps_fraction <= 1, "schedule.decay_steps_fraction",
+               f"must be in (0, 1], got {self.decay_steps_fraction}")
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    every_steps: int = runtime_field(1000)
+    """Save a checkpoint every this many steps (and always after the last step); 0 = only at the end."""
+    keep_last: int = runtime_field(2)
+    """Keep this many newest checkpoints (at least 1: resume needs one)."""
+    keep_best: bool = runtime_field(True)
+    """Also keep the checkpoint with the lowest validation loss (needs val at checkpoint steps)."""
+    export_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the consolidated weights in ``final/`` (bfloat16 halves the size)."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
+        _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    out_dir: str = ""
+    """Run directory: checkpoints/, metrics.jsonl, loss.png, final/, DONE.json. Reusing it resumes."""
+    steps: int = 100
+    """Optimizer steps in the whole run (the schedule's length)."""
+    seed: int = 1337
+    """Seeds weight init and the data order (each epoch reshuffles from (seed, epoch))."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available, else cpu."""
+    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    """Compute dtype on CUDA (autocast, or FSDP's param dtype; master weights stay fp32).
+    CPU always computes in float32: CPU autocast is slow and fp32 keeps resume bitwise exact."""
+    compile: bool = runtime_field(False)
+    """torch.compile each transformer block (CUDA: ~1.2-1.5x faster after a minute of compiling)."""
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = runtime_field("auto")
+    """Data parallelism across torchrun ranks; auto = fsdp on CUDA, ddp on CPU, none for 1 rank."""
+    activation_checkpointing: bool = runtime_field(False)
+    """Recompute each block's activations in backward: ~1/3 more compute, far less memory."""
+    log_every: int = runtime_field(10)
+    """Steps between metrics lines (each costs a device sync)."""
+    val_every: int = 500
+    """Steps between validation passes (and after the last step); 0 = only at the end."""
+    val_batches: int = 20
+    """Micro-batches per rank in one validation pass (always the same first ones of the val split)."""
+    peak_tflops: float = runtime_field(989.0)
+    """Per-device peak for MFU: 989 = H100 SXM dense bf16 spec (1979 is the sparse figure)."""
+    wandb: bool = runtime_field(False)
+    """Also log metrics to Weights & Biases (needs `pip install wandb`)."""
+    tensorboard: bool = runtime_field(False)
+    """Also write TensorBoard events to <out_dir>/tb (needs `pip install tensorboard`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "log_every"):
+            _check(getattr(self, name) > 0, f"run.{name}", f"must be > 0, got {getattr(self, name)}")
+        for name in ("val_every", "val_batches"):
+            _check(getattr(self, name) >= 0, f"run.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.peak_tflops > 0, "run.peak_tflops", f"must be > 0, got {self.peak_tflops}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole pretraining run: `python -m trainer.pretrain --config cfg.toml key=value ...`."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        max_len = self.model.resolve().max_seq_len
+        _check(self.data.seq_len <= max_len, "data.seq_len",
+               f"({self.data.seq_len}) exceeds the model's max_seq_len ({max_len}); "
+               f"raise model.overrides.max_seq_len or lower data.seq_len")
+        _check(self.schedule.warmup_steps < self.run.steps or self.schedule.warmup_steps == 0,
+               "schedule.warmup_steps", f"({self.schedule.warmup_steps}) must be < run.steps ({self.run.steps})")
+
+    def model_config(self) -> ModelConfig:
+        return self.model.resolve()
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step over all ranks."""
+        return self.data.seq_len * self.data.micro_batch_size * self.data.grad_accum_steps
+
+    def with_vocab_size(self, vocab_size: int) -> TrainConfig:
+        """A copy whose model uses `vocab_size` (the pretrain stage sets it from the tokenizer)."""
+        model = dataclasses.replace(self.model, overrides={**self.model.overrides, "vocab_size": vocab_size})
+        return dataclasses.replace(self, model=model)
