@@ -82,6 +82,8 @@ class ModelConfig:
         if self.rope_scaling not in ROPE_SCALINGS:
             raise KilnError(f"model config: rope_scaling must be one of {'|'.join(ROPE_SCALINGS)}, "
                             f"got {self.rope_scaling!r}")
+        if self.rope_scaling == "ntk" and self.head_dim < 4:  # the NTK exponent is d / (d - 2)
+            raise KilnError(f"model config: rope_scaling='ntk' needs head_dim >= 4, got {self.head_dim}")
 
     def _check_types(self) -> None:
         """Reject e.g. dim = "4096" or dim = 4096.0 from a hand-written TOML; normalise floats."""
@@ -90,10 +92,9 @@ class ModelConfig:
             base, _, optional = str(f.type).partition(" | ")
             if value is None and optional == "None":
                 continue
-            ok = isinstance(value, _TYPES[base]) and (base == "bool" or not isinstance(value, bool))
-            if not ok:
+            if not isinstance(value, _TYPES[base]) or (base != "bool" and isinstance(value, bool)):
                 raise KilnError(f"model config: {f.name} must be {f.type}, got {value!r}")
-            if base == "float":
+            if isinstance(value, int) and base == "float":
                 setattr(self, f.name, float(value))
 
     @property

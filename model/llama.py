@@ -95,14 +95,14 @@ def _llama3_inv_freq(inv_freq: Tensor, cfg: ModelConfig) -> Tensor:
     return torch.where(wavelen < length / high, inv_freq, scaled)
 
 
-def precompute_freqs_cis(cfg: ModelConfig, device: torch.device | str | None = None) -> Tensor:
-    """Complex rotations [max_seq_len, head_dim/2]; magnitude = yarn's attention scale (else 1).
-
-    Stored complex (not as cos/sin) on purpose: `model.to(torch.bfloat16)` casts real
-    buffers, which would wreck angles at large positions, but leaves complex ones alone."""
+def precompute_rope(cfg: ModelConfig, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """cos, sin tables [max_seq_len, head_dim] in HF's layout (each half repeats the frequencies),
+    times yarn's attention scale. Angles are computed in float32; if the model is later cast to
+    bf16 the tables follow, as in HF (values in [-1, 1] lose only rounding, not phase)."""
     inv_freq, mscale = rope_inv_freq(cfg, device)
     angles = torch.outer(torch.arange(cfg.max_seq_len, device=device, dtype=torch.float32), inv_freq)
-    return torch.polar(torch.full_like(angles, mscale), angles)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos() * mscale, angles.sin() * mscale
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -216,13 +216,15 @@ class Llama(nn.Module):
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         # Not persistent: recomputed from the config, so checkpoints carry weights only.
-        self.register_buffer("freqs_cis", precompute_freqs_cis(cfg), persistent=False)
+        rope_cos, rope_sin = precompute_rope(cfg)
+        self.register_buffer("rope_cos", rope_cos, persistent=False)
+        self.register_buffer("rope_sin", rope_sin, persistent=False)
         self.init_weights()
 
     def init_weights(self, buffer_device: torch.device | str | None = None) -> None:
         """(Re)initialize every parameter and the RoPE table in place; works after `to_empty`."""
         cfg = self.cfg
-        self.freqs_cis = precompute_freqs_cis(cfg, buffer_device or self.freqs_cis.device)
+        self.rope_cos, self.rope_sin = precompute_rope(cfg, buffer_device or self.rope_cos.device)
         if cfg.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
             self.output.weight = self.tok_embeddings.weight  # to_empty() unties shared parameters
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2: keep the residual sum's variance flat
@@ -265,8 +267,7 @@ class Llama(nn.Module):
         end = start_pos + T
         if end > self.cfg.max_seq_len:
             raise KilnError(f"sequence reaches position {end} but the model's max_seq_len is {self.cfg.max_seq_len}")
-        rot = self.freqs_cis[start_pos:end]
-        cos, sin = torch.cat([rot.real, rot.real], -1), torch.cat([rot.imag, rot.imag], -1)
+        cos, sin = self.rope_cos[start_pos:end], self.rope_sin[start_pos:end]
         mask = self._attention_mask(tokens, start_pos, kv_cache, doc_ids, attn_mask)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:

@@ -8,11 +8,7 @@ import pytest
 import torch
 
 from model import Llama, get_preset
-from model.llama import apply_rope, precompute_freqs_cis, rope_inv_freq
-
-
-def _cos_sin(freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([freqs_cis.real] * 2, -1), torch.cat([freqs_cis.imag] * 2, -1)
+from model.llama import apply_rope, precompute_rope, rope_inv_freq
 
 
 def test_rotation_is_hf_rotate_half_convention() -> None:
@@ -20,7 +16,7 @@ def test_rotation_is_hf_rotate_half_convention() -> None:
     cfg = get_preset("debug")
     d, p = cfg.head_dim, 5
     x = torch.randn(1, 1, 1, d)
-    cos, sin = _cos_sin(precompute_freqs_cis(cfg)[p:p + 1])
+    cos, sin = (t[p:p + 1] for t in precompute_rope(cfg))
     out = apply_rope(x, cos, sin)
     inv_freq, _ = rope_inv_freq(cfg)
     z = torch.complex(x[..., : d // 2], x[..., d // 2:]) * torch.polar(torch.ones(d // 2), p * inv_freq)
@@ -29,7 +25,7 @@ def test_rotation_is_hf_rotate_half_convention() -> None:
 
 def test_rope_scores_depend_only_on_relative_position() -> None:
     cfg = get_preset("debug")
-    cos, sin = _cos_sin(precompute_freqs_cis(cfg))
+    cos, sin = precompute_rope(cfg)
     q, k = torch.randn(1, 1, 1, cfg.head_dim), torch.randn(1, 1, 1, cfg.head_dim)
 
     def score(m: int, n: int) -> torch.Tensor:
@@ -40,13 +36,16 @@ def test_rope_scores_depend_only_on_relative_position() -> None:
 
 def test_linear_scaling_is_unscaled_rope_at_positions_over_s() -> None:
     s = 4.0
-    scaled = precompute_freqs_cis(get_preset("debug", rope_scaling="linear", rope_scaling_factor=s))
+    cos, sin = precompute_rope(get_preset("debug", rope_scaling="linear", rope_scaling_factor=s))
     inv_freq, _ = rope_inv_freq(get_preset("debug"))
     positions = torch.arange(128, dtype=torch.float32) / s  # fractional positions
-    expected = torch.polar(torch.ones(128, inv_freq.numel()), torch.outer(positions, inv_freq))
-    torch.testing.assert_close(scaled, expected, atol=1e-5, rtol=1e-5)
-    # integer positions coincide exactly: scaled position 4p is plain position p
-    torch.testing.assert_close(scaled[::4], precompute_freqs_cis(get_preset("debug"))[:32], atol=1e-5, rtol=1e-5)
+    angles = torch.outer(positions, inv_freq).repeat(1, 2)
+    torch.testing.assert_close(cos, angles.cos(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sin, angles.sin(), atol=1e-5, rtol=1e-5)
+    # integer positions coincide: scaled position 4p is plain position p
+    plain_cos, plain_sin = precompute_rope(get_preset("debug"))
+    torch.testing.assert_close(sin[::4], plain_sin[:32], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cos[::4], plain_cos[:32], atol=1e-5, rtol=1e-5)
 
 
 def test_ntk_keeps_highest_frequency_and_slows_lowest_by_s() -> None:
@@ -79,7 +78,8 @@ def test_yarn_blends_frequencies_and_sets_attention_temperature() -> None:
     torch.testing.assert_close(scaled[0], base[0])  # fastest dim extrapolates unchanged
     torch.testing.assert_close(scaled[-1], base[-1] / s)  # slowest dim is interpolated
     assert ((scaled <= base * (1 + 1e-6)) & (scaled >= base / s * (1 - 1e-6))).all()
-    assert precompute_freqs_cis(cfg).abs().allclose(torch.tensor(mscale))
+    cos, sin = precompute_rope(cfg)
+    torch.testing.assert_close(cos**2 + sin**2, torch.full_like(cos, mscale**2))
 
 
 @pytest.mark.parametrize("mode", ["linear", "ntk", "yarn", "llama3"])
