@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. pretrain.steps=50 (repeatable)")
     run.add_argument("--until", default="generate", help="last stage to run (default: generate)")
-    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.add_argument("--summary-json", metavar="FILE", help="also write the run summary (states, artifacts) as JSON")
 
     arts = sub.add_parser("artifacts", help="inspect and clean the artifact store")
     arts_sub = arts.add_subparsers(dest="action", required=True)
@@ -60,12 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.pipeline import pipeline  # Prefect is slow to import: only here
+    from tasks.pipeline_config import load_pipeline_config
+
+    load_pipeline_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
+
+    from flows.pipeline import pipeline
 
     summary: dict[str, Any] = pipeline(config=args.config, overrides=args.overrides, until=args.until)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
     print(f"\n{'stage':<12} {'state':<10} artifact")
     for stage, info in summary["stages"].items():
         print(f"{stage:<12} {info['state']:<10} {info['artifact']}")

@@ -1,0 +1,104 @@
+"""The whole DAG through the real `kiln` CLI and Prefect, in separate processes like a user runs it.
+
+One module-scoped store and Prefect home are shared by the runs, so the test
+sees what a user sees on their second run: every stage Cached, nothing computed;
+then a tokenizer change reruns exactly the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+# The demo config, shrunk so the whole DAG runs in well under a minute on 2 cores.
+SHRINK = [
+    "pretrain.run.steps=12",
+    "pretrain.run.val_every=6",
+    "pretrain.run.val_batches=2",
+    "pretrain.checkpoint.every_steps=6",
+    "pretrain.data.seq_len=64",
+    "pretrain.data.micro_batch_size=4",
+    "pretrain.model.preset=debug",
+    "tokenizer.vocab_size=1000",
+    "generate.max_new_tokens=8",
+]
+UPSTREAM = ("download", "clean")
+DOWNSTREAM = ("tokenizer", "pretokenize", "pretrain", "generate")
+
+
+def kiln_run(env: dict[str, str], tmp: Path, *extra: str, until: str = "generate") -> dict[str, Any]:
+    summary = tmp / "summary.json"
+    summary.unlink(missing_ok=True)
+    args = ["run", "configs/demo.toml", "--until", until, "--summary-json", str(summary)]
+    for override in [*SHRINK, *extra]:
+        args += ["-s", override]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"kiln run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(summary.read_text())
+    result["stdout"] = proc.stdout
+    return result
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("e2e")
+    return {**os.environ, "KILN_HOME": str(home / "artifacts"), "PREFECT_HOME": str(home / "prefect")}
+
+
+def states(result: dict[str, Any]) -> dict[str, str]:
+    return {stage: info["state"] for stage, info in result["stages"].items()}
+
+
+def manifests(result: dict[str, Any]) -> dict[str, str]:
+    return {s: (Path(i["artifact"]) / "manifest.json").read_text() for s, i in result["stages"].items()}
+
+
+def test_demo_dag_runs_then_is_fully_cached_then_reruns_only_downstream(env, tmp_path: Path) -> None:
+    first = kiln_run(env, tmp_path)
+    assert set(states(first).values()) == {"Completed"}, states(first)
+    assert first["samples"] and first["samples"][0]["text"]
+    assert first["final_loss"] > 0
+    assert "sample:" in first["stdout"] and "final training loss" in first["stdout"]
+
+    second = kiln_run(env, tmp_path)
+    assert set(states(second).values()) == {"Cached"}, states(second)
+    assert manifests(second) == manifests(first)  # nothing rebuilt
+
+    third = kiln_run(env, tmp_path, "tokenizer.vocab_size=1200")
+    assert {s: states(third)[s] for s in UPSTREAM} == dict.fromkeys(UPSTREAM, "Cached")
+    assert {s: states(third)[s] for s in DOWNSTREAM} == dict.fromkeys(DOWNSTREAM, "Completed")
+    for stage in UPSTREAM:
+        assert third["stages"][stage]["key"] == first["stages"][stage]["key"]
+    for stage in DOWNSTREAM:
+        assert third["stages"][stage]["key"] != first["stages"][stage]["key"]
+
+
+def test_deleted_artifact_is_rebuilt_although_prefect_remembers_it(env, tmp_path: Path) -> None:
+    before = kiln_run(env, tmp_path, until="tokenizer")
+    shutil.rmtree(before["stages"]["tokenizer"]["artifact"])
+    after = kiln_run(env, tmp_path, until="tokenizer")
+    assert states(after) == {"download": "Cached", "clean": "Cached", "tokenizer": "Completed"}
+    assert (Path(after["stages"]["tokenizer"]["artifact"]) / "manifest.json").exists()
+
+
+def test_bad_config_is_one_clear_line(env, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "run", "configs/demo.toml", "-s", "tokenizer.vocab_sise=10"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown key 'tokenizer.vocab_sise'" in proc.stderr and "configs/demo.toml" in proc.stderr
