@@ -139,7 +139,7 @@ class CheckpointSection:
 class RunSection:
     out_dir: str = ""
     """Run directory: checkpoints/, metrics.jsonl, loss.png, final/, DONE.json. Reusing it resumes."""
-    steps: int = 100
+    steps: int = 1000
     """Optimizer steps in the whole run (the schedule's length)."""
     seed: int = 1337
     """Seeds weight init and the data order (each epoch reshuffles from (seed, epoch))."""
@@ -151,7 +151,8 @@ class RunSection:
     compile: bool = runtime_field(False)
     """torch.compile each transformer block (CUDA: ~1.2-1.5x faster after a minute of compiling)."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = runtime_field("auto")
-    """Data parallelism across torchrun ranks; auto = fsdp on CUDA, ddp on CPU, none for 1 rank."""
+    """Data parallelism across torchrun ranks; auto = fsdp on CUDA, ddp on CPU, none for 1 rank.
+    fsdp also works in one process (a 1-rank group): bf16 params once per step instead of autocast."""
     activation_checkpointing: bool = runtime_field(False)
     """Recompute each block's activations in backward: ~1/3 more compute, far less memory."""
     log_every: int = runtime_field(10)

@@ -1,0 +1,276 @@
+"""Training throughput of Kiln's trainer: tokens/s, MFU and peak memory per configuration.
+
+    python benchmarks/train_throughput.py --preset 1b --seq-len 2048 --micro-batch-size 4   # one H100
+    torchrun --standalone --nproc-per-node 8 benchmarks/train_throughput.py --preset 1b       # FSDP, 8 GPUs
+    python benchmarks/train_throughput.py --device cpu --preset debug --steps 3              # smoke (tests)
+
+What is measured: the trainer's own `trainer.pretrain.train_step` (forward, backward,
+clip, AdamW) on a model built by `trainer.parallelize.build_model`, fed uniform random
+token ids from pinned host memory as the real loader feeds them (dense compute does
+not depend on token values). After `--warmup` untimed steps (compile, autotune,
+allocator warm-up), each of `--steps` steps is timed with a device synchronize after
+it; ``tokens_per_s`` is tokens per step over the median step time (mean reported too).
+
+- MFU = tokens_per_s per device x `model.flops_per_token` / peak, with the peak
+  `--peak-tflops` = 989 TFLOP/s: the H100 SXM dense bf16 spec (1979 is the sparse
+  figure). The same number is used on H200 (same compute die). Practical ceiling: an
+  8192^3 bf16 matmul reaches ~790-798 TFLOP/s there, i.e. ~80 % "MFU".
+- peak_mem_gb = ``torch.cuda.max_memory_allocated`` / 1e9 on CUDA (process max RSS on CPU).
+
+Variants (one JSON row each): compile off and on (``--compile``), each at the preset's
+vocab, then the vocab padding effect at the last compile setting: ``--vocab-sizes``
+(default 64000 vs 64001 on CUDA: a vocab one past a multiple of 64 leaves the
+embedding and output matmuls misaligned for tensor cores). Precision follows the
+trainer: ``--parallel none`` = fp32 weights + bf16 autocast; ``--parallel fsdp`` (the
+default on CUDA, also on one GPU) = FSDP2 with bf16 params and fp32 reduce, like
+torchtitan's recipe.
+
+Baselines plug in as one function per system in `SYSTEMS` taking a `BenchSpec` and
+returning the same metrics dict (`METRIC_KEYS`): ``--baseline torchtitan`` runs
+``benchmarks/baselines/torchtitan_runner.py`` in a subprocess and maps its JSON.
+Results go to ``benchmarks/results/train_throughput-<preset>-<device>-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+import torch  # noqa: E402
+
+from kiln.config import load_config  # noqa: E402
+from model import count_params, flops_per_token, get_preset  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.metrics import peak_memory_gb  # noqa: E402
+from trainer.optim import build_optimizer  # noqa: E402
+from trainer.parallelize import build_model, init_distributed  # noqa: E402
+from trainer.pretrain import train_step  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+H100_DENSE_BF16_TFLOPS = 989.0
+METRIC_KEYS = ("system", "preset", "vocab_size", "seq_len", "micro_batch_size", "world_size", "compile",
+               "parallel", "tokens_per_step", "step_time_s_median", "step_time_s_mean", "tokens_per_s",
+               "tokens_per_s_per_device", "mfu", "peak_mem_gb", "params", "flops_per_token")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One measured configuration (the same for every system)."""
+
+    preset: str
+    seq_len: int
+    micro_batch_size: int
+    vocab_size: int
+    compile: bool
+    steps: int
+    warmup: int
+    device: str
+    parallel: str
+    activation_checkpointing: bool
+    peak_tflops: float
+
+
+def train_config(spec: BenchSpec) -> TrainConfig:
+    """The TrainConfig the trainer would run for `spec` (no data or output paths needed here)."""
+    max_len = max(get_preset(spec.preset).max_seq_len, spec.seq_len)
+    return load_config(TrainConfig, None, [
+        f"model.preset={spec.preset}", f"model.overrides.vocab_size={spec.vocab_size}",
+        f"model.overrides.max_seq_len={max_len}", f"data.seq_len={spec.seq_len}",
+        f"data.micro_batch_size={spec.micro_batch_size}", f"run.device={spec.device}",
+        f"run.compile={str(spec.compile).lower()}", f"run.parallel={spec.parallel}",
+        f"run.activation_checkpointing={str(spec.activation_checkpointing).lower()}",
+        "run.dtype=bfloat16", "schedule.warmup_steps=0", f"run.steps={spec.warmup + spec.steps}",
+    ])
+
+
+def random_batches(spec: BenchSpec, vocab_size: int, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless CPU batches of uniform token ids, shaped like the loader's (x, y)."""
+    gen = torch.Generator().manual_seed(1234 + rank)
+    while True:
+        data = torch.randint(0, vocab_size, (spec.micro_batch_size, spec.seq_len + 1), generator=gen)
+        yield data[:, :-1], data[:, 1:]
+
+
+def run_kiln(spec: BenchSpec) -> dict[str, Any]:
+    """Time Kiln's train_step for `spec`; every rank runs it, rank 0's numbers are reported."""
+    cfg = train_config(spec)
+    model_cfg = cfg.model_config()
+    dist = init_distributed(cfg.run)  # made once per process; later variants reuse the group
+    if dist.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.cuda.reset_peak_memory_stats(dist.device)
+    model, raw = build_model(model_cfg, cfg.run, dist)
+    optimizer = build_optimizer(raw, cfg.optim)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=False)
+    batches = random_batches(spec, model_cfg.vocab_size, dist.rank)
+    times = []
+    for _ in range(spec.warmup + spec.steps):
+        started = time.perf_counter()
+        train_step(model, raw, optimizer, scaler, batches, 1, dist, cfg)
+        _synchronize(dist.device)
+        times.append(time.perf_counter() - started)
+    timed = times[spec.warmup:]
+    tokens_per_step = spec.micro_batch_size * spec.seq_len * dist.world_size
+    median = statistics.median(timed)
+    per_device = tokens_per_step / median / dist.world_size
+    fpt = flops_per_token(model_cfg, spec.seq_len)
+    result = {
+        "system": "kiln", "preset": spec.preset, "vocab_size": model_cfg.vocab_size, "seq_len": spec.seq_len,
+        "micro_batch_size": spec.micro_batch_size, "world_size": dist.world_size, "compile": spec.compile,
+        "parallel": dist.mode, "tokens_per_step": tokens_per_step, "step_time_s_median": median,
+        "step_time_s_mean": statistics.fmean(timed), "tokens_per_s": tokens_per_step / median,
+        "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
+        "peak_mem_gb": peak_memory_gb(dist.device), "params": count_params(model_cfg), "flops_per_token": fpt,
+        "activation_checkpointing": spec.activation_checkpointing, "warmup_steps": spec.warmup,
+        "step_times_s": [round(t, 6) for t in times],
+    }
+    del model, raw, optimizer
+    _release(dist.device)
+    return result
+
+
+def run_torchtitan(spec: BenchSpec) -> dict[str, Any]:
+    """torchtitan's own loop via benchmarks/baselines/torchtitan_runner.py (one GPU), mapped to our keys."""
+    runner = REPO / "benchmarks" / "baselines" / "torchtitan_runner.py"
+    if spec.vocab_size != get_preset(spec.preset).vocab_size:
+        raise SystemExit("the torchtitan runner uses each shape's own vocab; run it with --vocab-sizes none")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tt.json"
+        cmd = [sys.executable, str(runner), "--shape", spec.preset, "--steps", str(spec.steps), "--warmup",
+               str(spec.warmup), "--seq-len", str(spec.seq_len), "--batch-size", str(spec.micro_batch_size),
+               "--compile" if spec.compile else "--no-compile", "--device", spec.device, "--out", str(out)]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        tt = json.loads(out.read_text())
+    return {**{k: tt.get(k) for k in METRIC_KEYS}, "system": "torchtitan", "preset": spec.preset,
+            "vocab_size": spec.vocab_size, "micro_batch_size": spec.micro_batch_size, "world_size": 1,
+            "parallel": "fsdp", "tokens_per_s_per_device": tt["tokens_per_s"], "raw": tt}
+
+
+SYSTEMS: dict[str, Callable[[BenchSpec], dict[str, Any]]] = {"kiln": run_kiln, "torchtitan": run_torchtitan}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()  # each variant compiles afresh, not against the previous one's graphs
+
+
+def variants(args: argparse.Namespace) -> list[BenchSpec]:
+    """compile off/on at the preset's vocab, then each --vocab-sizes entry at the last compile setting."""
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    base = BenchSpec(args.preset, args.seq_len, args.micro_batch_size, get_preset(args.preset).vocab_size, False,
+                     args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
+                     args.peak_tflops)
+    specs = [dataclasses.replace(base, compile=c) for c in compiles]
+    extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
+    specs += [dataclasses.replace(base, compile=compiles[-1], vocab_size=v) for v in extra]
+    return list(dict.fromkeys(specs))  # the preset's own vocab may be listed again: measure it once
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the device-dependent defaults, so the JSON records what actually ran."""
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    base_vocab = get_preset(args.preset).vocab_size
+    defaults = {
+        "device": "cuda" if cuda else "cpu",
+        "warmup": 10 if cuda else 1,
+        "seq_len": 2048 if cuda else get_preset(args.preset).max_seq_len,
+        "compile": "both" if cuda else "off",
+        "parallel": "fsdp" if cuda else "none",
+        "vocab_sizes": "64000,64001" if cuda else f"{base_vocab},{base_vocab + 1}",
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) in (None, "auto"):
+            setattr(args, key, value)
+    return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--preset", default="1b", help="model preset (debug, tiny, 125m, 1b, 7b, llama3-8b)")
+    p.add_argument("--seq-len", type=int, default=None, help="default 2048 on CUDA, the preset's max on CPU")
+    p.add_argument("--micro-batch-size", type=int, default=4, help="sequences per device per step")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 on CUDA, 1 on CPU)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--compile", choices=["off", "on", "both"], default=None, help="default: both on CUDA, off on CPU")
+    p.add_argument("--parallel", choices=["none", "fsdp", "ddp"], default=None,
+                   help="default: fsdp on CUDA (bf16 params, also on 1 GPU), none on CPU")
+    p.add_argument("--vocab-sizes", default=None,
+                   help="comma list for the vocab padding rows (default 64000,64001 on CUDA); 'none' skips them")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=H100_DENSE_BF16_TFLOPS,
+                   help="per-device peak for MFU (989 = H100 SXM dense bf16 spec)")
+    p.add_argument("--baseline", choices=sorted(SYSTEMS), default="kiln", help="which system to measure")
+    p.add_argument("--out", default=None, help="output JSON (default benchmarks/results/train_throughput-...json)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = resolve_defaults(parse_args(argv))
+    device = args.device
+    rank = int(os.environ.get("RANK", 0))
+    rows = []
+    for spec in variants(args):
+        try:
+            row = SYSTEMS[args.baseline](spec)
+        except torch.cuda.OutOfMemoryError as exc:
+            row = {"system": args.baseline, **dataclasses.asdict(spec), "error": f"OOM: {str(exc)[:200]}"}
+            _release(torch.device(device))
+        rows.append(row)
+        if rank == 0:
+            print(_summary_line(row), flush=True)
+    report = {
+        "benchmark": "train_throughput",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "peak_tflops": args.peak_tflops,
+        "peak_note": "MFU vs 989 TFLOP/s = H100 SXM dense bf16 spec (1979 is the sparse figure)",
+        "args": vars(args), "results": rows,
+    }
+    if rank == 0:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        out = Path(args.out) if args.out else RESULTS / f"train_throughput-{args.preset}-{device}-{stamp}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"-> {out}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return report
+
+
+def _summary_line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{row['system']} {row['preset']} vocab={row['vocab_size']} compile={row['compile']}: {row['error']}"
+    return (f"{row['system']} {row['preset']} vocab={row['vocab_size']} T={row['seq_len']} "
+            f"mb={row['micro_batch_size']} x{row['world_size']} compile={row['compile']} {row['parallel']}: "
+            f"{row['tokens_per_s']:,.0f} tok/s ({row['tokens_per_s_per_device']:,.0f}/device), "
+            f"MFU {100 * row['mfu']:.1f}%, peak {row['peak_mem_gb']:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

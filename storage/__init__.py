@@ -1,0 +1,1 @@
+"""Storage: the artifact store, manifests, atomic writes and shard formats (no Prefect or Dask)."""

@@ -1,0 +1,78 @@
+"""Data parallelism on CPU: 2 gloo processes under torchrun, exactly as on a GPU node.
+
+- DDP: each rank runs half of the global batch; the per-step loss must equal a
+  single process running the whole batch (up to the all-reduce's summation order).
+- FSDP2 + DCP: a sharded run with tied embeddings is stopped after step 3, resumes
+  from its sharded step-2 checkpoint and re-logs step 3 with the same loss; the
+  consolidated export loads into a plain model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer.conftest import train_args, train_losses
+from trainer.checkpoint import checkpoint_path, load_final
+from trainer.pretrain import STOP_ENV, main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def torchrun(args: list[str], *, nproc: int = 2, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "trainer.pretrain", *args]
+    inherited = {k: v for k, v in os.environ.items() if k != STOP_ENV}
+    full_env = {**inherited, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def short(*extra: str) -> list[str]:
+    return ["run.steps=4", "checkpoint.every_steps=2", "run.val_every=2", *extra]
+
+
+# Each torchrun launch costs ~6-10 s of start-up here (two torch imports per rank, rendezvous):
+# 12-30 s for the DDP test and 20-40 s for FSDP's two launches on a loaded 2-core box.
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(pattern_data, tmp_path):
+    ddp = torchrun(train_args(pattern_data, tmp_path / "ddp", *short("run.parallel=ddp")))
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert "2 rank(s), parallel=ddp" in ddp.stdout
+    assert main(train_args(pattern_data, tmp_path / "single", *short())) == 0
+    # Same global batch (micro 4 x accum 2 over all ranks), same sequences per step, same init.
+    assert train_losses(tmp_path / "ddp") == pytest.approx(train_losses(tmp_path / "single"), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoint_resume_and_export(pattern_data, tmp_path):
+    args = train_args(pattern_data, tmp_path, *short("run.parallel=fsdp", "model.overrides.tie_embeddings=true"))
+    first = torchrun(args, env={STOP_ENV: "3"})
+    # torchrun reports any failed rank as exit code 1 (and stops the others); rank 0 said why.
+    assert first.returncode != 0 and f"stopped: after step 3 because {STOP_ENV}=3" in first.stdout, first.stderr[-3000:]
+    dcp_dir = checkpoint_path(tmp_path, 2) / "dcp"
+    assert {p.name for p in dcp_dir.iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    assert (checkpoint_path(tmp_path, 2) / "rng-rank00001.pt").is_file()
+    step3_before = train_losses(tmp_path)[2]
+
+    second = torchrun(args)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "step-00000002" in second.stdout
+    losses = train_losses(tmp_path)
+    assert len(losses) == 4 and losses[2] == pytest.approx(step3_before, rel=1e-6)
+    model, cfg = load_final(tmp_path / "final")
+    assert cfg.tie_embeddings and model.output.weight is model.tok_embeddings.weight
+    assert torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))[0]).all()
+
+
+@pytest.mark.filterwarnings("ignore:DTensor random operators")  # CPU meshes: harmless for init
+def test_single_process_fsdp_runs_without_torchrun(pattern_data, tmp_path):
+    """parallel=fsdp in one plain process: a 1-rank group (torchtitan's single-GPU recipe)."""
+    assert main(train_args(pattern_data, tmp_path, *short("run.parallel=fsdp"))) == 0
+    assert (checkpoint_path(tmp_path, 4) / "dcp" / ".metadata").is_file()
+    assert not torch.distributed.is_initialized()  # the group is torn down after the run
+    assert len(train_losses(tmp_path)) == 4 and (tmp_path / "final" / "config.json").is_file()

@@ -1,0 +1,113 @@
+"""The real `trainer.pretrain.main` on a debug model: learning, exact resume, corruption, outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from tests.trainer.conftest import train_args, train_losses
+from trainer.checkpoint import list_checkpoints, load_final
+from trainer.metrics import read_metrics
+from trainer.pretrain import EXIT_STOPPED, STOP_ENV, main
+
+
+@pytest.fixture(scope="module")
+def straight_run(pattern_data, tmp_path_factory):
+    """20 uninterrupted steps, shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("straight")
+    torch.set_num_threads(1)
+    assert main(train_args(pattern_data, out)) == 0
+    return out
+
+
+def test_loss_decreases(straight_run):
+    losses = train_losses(straight_run)
+    assert len(losses) == 20
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.5  # ln(512) = 6.24 at init; the progressions are learnable
+    val = read_metrics(straight_run / "metrics.jsonl", "val")
+    assert [m["step"] for m in val] == [5, 10, 15, 20]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+
+
+def test_stop_and_resume_reproduces_the_loss_curve_bitwise(pattern_data, straight_run, tmp_path, monkeypatch):
+    monkeypatch.setenv(STOP_ENV, "12")
+    assert main(train_args(pattern_data, tmp_path)) == EXIT_STOPPED
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000005", "step-00000010"]
+    assert len(train_losses(tmp_path)) == 12  # steps 11-12 were logged, then "killed"
+    monkeypatch.delenv(STOP_ENV)
+    assert main(train_args(pattern_data, tmp_path)) == 0
+    assert train_losses(tmp_path) == train_losses(straight_run)  # exact float equality, steps 1-20
+    val = read_metrics(tmp_path / "metrics.jsonl", "val")
+    assert [m["step"] for m in val] == [5, 10, 15, 20]  # no duplicate lines after the resume
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(pattern_data, straight_run, tmp_path,
+                                                                 monkeypatch, caplog):
+    monkeypatch.setenv(STOP_ENV, "16")
+    assert main(train_args(pattern_data, tmp_path)) == EXIT_STOPPED
+    newest = tmp_path / "checkpoints" / "step-00000015"
+    blob = bytearray((newest / "optimizer.pt").read_bytes())
+    blob[-100] ^= 0x01
+    (newest / "optimizer.pt").write_bytes(bytes(blob))
+    monkeypatch.delenv(STOP_ENV)
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        assert main(train_args(pattern_data, tmp_path)) == 0
+    assert "step-00000015 is corrupt (optimizer.pt does not match its sha256" in caplog.text
+    assert "resumed from" in caplog.text and "step-00000010" in caplog.text
+    assert (tmp_path / "checkpoints" / "corrupt-step-00000015").is_dir()  # kept aside, never loaded
+    assert train_losses(tmp_path) == train_losses(straight_run)
+
+
+def test_outputs_metrics_png_export_and_done(straight_run):
+    train = read_metrics(straight_run / "metrics.jsonl", "train")
+    fields = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gb", "tokens_seen", "elapsed"}
+    assert all(fields <= set(m) for m in train)
+    assert train[-1]["tokens_seen"] == 20 * 32 * 4 * 2
+    val = read_metrics(straight_run / "metrics.jsonl", "val")
+    assert all({"val_loss", "val_ppl"} <= set(m) for m in val)
+    assert (straight_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = json.loads((straight_run / "DONE.json").read_text())
+    assert done["steps"] == 20 and done["final_loss"] == train[-1]["loss"]
+    assert done["val_loss"] == val[-1]["val_loss"] and done["tokens_seen"] == train[-1]["tokens_seen"]
+    assert done["checkpoint"] == "checkpoints/step-00000020"
+    # keep_last=2 plus the best by val loss (the last one here, so just two remain).
+    assert [p.name for p in list_checkpoints(straight_run)] == ["step-00000015", "step-00000020"]
+    model, cfg = load_final(straight_run / "final")
+    assert cfg.dim == 64 and not model.training
+
+
+def test_rerun_of_a_finished_run_trains_nothing(pattern_data, straight_run, caplog):
+    before = (straight_run / "metrics.jsonl").read_text()
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        assert main(train_args(pattern_data, straight_run)) == 0
+    assert "resumed from" in caplog.text and "step 20/20" not in caplog.text
+    assert (straight_run / "metrics.jsonl").read_text() == before
+
+
+def test_config_and_data_errors_exit_2_with_one_line(pattern_data, tmp_path, capsys):
+    assert main(train_args(pattern_data, tmp_path, "data.seq_len=100000")) == 2
+    assert main(train_args(pattern_data, tmp_path, "model.overrides.vocab_size=100")) == 2
+    out = capsys.readouterr().out
+    assert "error: train config: data.seq_len (100000) exceeds the model's max_seq_len" in out
+    assert "model's vocab_size is 100" in out
+
+
+def test_activation_checkpointing_changes_memory_not_math(pattern_data, straight_run, tmp_path):
+    assert main(train_args(pattern_data, tmp_path, "run.activation_checkpointing=true")) == 0
+    assert train_losses(tmp_path) == train_losses(straight_run)
+    keys = torch.load(tmp_path / "checkpoints" / "step-00000020" / "model.pt", weights_only=True).keys()
+    assert "layers.0.attention.wq.weight" in keys and not any("checkpoint_wrapped" in k for k in keys)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_compiled_run_learns(pattern_data, tmp_path):
+    args = train_args(pattern_data, tmp_path, "run.device=cuda", "run.compile=true", "run.dtype=bfloat16")
+    assert main(args) == 0
+    losses = train_losses(tmp_path)
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert read_metrics(tmp_path / "metrics.jsonl", "train")[-1]["peak_mem_gb"] > 0

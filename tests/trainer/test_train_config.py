@@ -1,0 +1,57 @@
+"""TrainConfig: every shipped configs/train/*.toml parses; bad values are errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln.config import canonical_dict, load_config
+from kiln.errors import KilnError
+from trainer.config import TrainConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.toml"))
+
+
+def test_the_shipped_configs_exist():
+    assert {p.stem for p in CONFIGS} >= {"debug", "125m", "1b"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_parses(path):
+    cfg = load_config(TrainConfig, path)
+    assert cfg.data.seq_len <= cfg.model_config().max_seq_len
+    # grad_accum_steps counts micro-batches over all ranks: it must split over 1, 2, 4 and 8 GPUs.
+    assert cfg.data.grad_accum_steps % 8 == 0 or cfg.run.device == "cpu"
+
+
+def test_overrides_and_model_resolution():
+    cfg = load_config(TrainConfig, None, ["model.preset=tiny", "model.overrides.vocab_size=2048",
+                                          "data.seq_len=64", "run.compile=true"])
+    assert cfg.model_config().vocab_size == 2048 and cfg.model_config().dim == 128
+    assert cfg.with_vocab_size(4096).model_config().vocab_size == 4096
+    assert cfg.tokens_per_step == 64 * cfg.data.micro_batch_size * cfg.data.grad_accum_steps
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("optim.lr=0", "optim.lr"),
+    ("optim.min_lr=1.0", "optim.min_lr"),
+    ("data.seq_len=4096", "data.seq_len"),
+    ("schedule.kind=linear", "schedule.kind"),
+    ("run.dtype=fp8", "run.dtype"),
+    ("run.stepz=5", "run.stepz"),
+    ("model.preset=huge", "huge"),
+    ("model.overrides.dim=65", "dim"),
+    ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(KilnError, match=key.replace(".", r"\.")):
+        load_config(TrainConfig, None, [override])
+
+
+def test_runtime_fields_stay_out_of_the_artifact_key():
+    base = canonical_dict(TrainConfig())
+    fast = canonical_dict(load_config(TrainConfig, None, ["run.compile=true", "data.num_workers=4",
+                                                          "run.parallel=fsdp", "checkpoint.every_steps=7"]))
+    assert base == fast
+    assert canonical_dict(load_config(TrainConfig, None, ["optim.lr=1e-3"])) != base

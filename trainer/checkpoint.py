@@ -1,0 +1,267 @@
+"""Self-describing, atomic, verifiable training checkpoints, and the final consolidated export.
+
+Layout of one checkpoint, ``<out_dir>/checkpoints/step-00001000/``:
+
+    model.pt, optimizer.pt      single device / DDP (rank 0 writes; DDP replicas are identical)
+    dcp/                        FSDP: sharded model + optimizer via torch.distributed.checkpoint,
+                                each rank writes its own shard, loadable at another world size
+    rng-rank00000.pt ...        per-rank RNG states (python, numpy, torch, cuda) as tensors/lists
+    trainer_state.json          step, tokens seen, val losses, data-loader position, schedule step
+    config.json                 the full TrainConfig and the resolved ModelConfig
+    manifest.json               sha256 + size of every file above, written last
+
+Everything is written into a hidden ``.tmp-step-…`` directory that is renamed into
+place only after the manifest is in it, so a checkpoint counts only once its
+manifest exists (torchtitan's rule). Loading verifies the sha256s; a corrupt newest
+checkpoint is reported by name and the previous good one is used. All ``.pt`` files
+load with ``torch.load(weights_only=True)``: nothing but tensors and plain containers.
+
+``final/`` holds consolidated weights (``model.safetensors`` when safetensors is
+installed, else ``model.pt``) plus ``config.json`` (ModelConfig): enough to generate
+or convert without the trainer's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kiln.config import to_dict
+from model import Llama, ModelConfig
+from storage.atomic import atomic_write_text
+from storage.store import sha256_file
+from trainer.config import TrainConfig
+from trainer.parallelize import DistEnv
+
+log = logging.getLogger("trainer")
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+STATE_FILE = "trainer_state.json"
+PREFIX = "step-"
+
+
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINTS / f"{PREFIX}{step:08d}"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Completed checkpoint directories (manifest present), oldest first. Hashes are not checked."""
+    root = Path(out_dir) / CHECKPOINTS
+    found = [p for p in root.glob(f"{PREFIX}*") if (p / MANIFEST).is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: p.name)
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix(PREFIX))
+
+
+# -- RNG state as weights_only-loadable data -----------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: (name, key array, pos, has_gauss, cached_gaussian)
+    np_name, np_key, np_pos, np_has_gauss, np_gauss = np_state
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": np_name, "key": torch.from_numpy(np.asarray(np_key).astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# -- save -------------------------------------------------------------------------------------
+def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict[str, Any], cfg: TrainConfig, model_cfg: ModelConfig, dist: DistEnv,
+                    val_loss: float | None = None) -> Path:
+    """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path."""
+    final = checkpoint_path(out_dir, step)
+    tmp = final.parent / f".tmp-{final.name}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    if dist.mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+    elif dist.is_main:
+        torch.save(raw.state_dict(), tmp / "model.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{dist.rank:05d}.pt")
+    dist.barrier()
+    if dist.is_main:
+        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "scheduler": {"step": step}}, indent=2))
+        configs = {"train": to_dict(cfg), "model": dataclasses.asdict(model_cfg)}
+        (tmp / "config.json").write_text(json.dumps(configs, indent=2))
+        _write_manifest(tmp, step, val_loss)
+        if final.exists():  # left by an attempt that went further before a crash: superseded
+            shutil.rmtree(final)
+        tmp.rename(final)
+    dist.barrier()
+    return final
+
+
+def _write_manifest(directory: Path, step: int, val_loss: float | None) -> None:
+    files = {
+        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    atomic_write_text(directory / MANIFEST, json.dumps({"step": step, "val_loss": val_loss, "files": files},
+                                                       indent=2))
+
+
+# -- find and verify --------------------------------------------------------------------------
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` is unusable (missing file, size or sha256 mismatch), or None if it is good."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"unreadable manifest ({exc})"
+    for rel, meta in manifest["files"].items():
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != meta["size"] or sha256_file(f) != meta["sha256"]:
+            return f"{rel} does not match its sha256 in the manifest"
+    return None
+
+
+def latest_valid_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose files all match their manifest; corrupt newer ones are warned about."""
+    for path in reversed(list_checkpoints(out_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s is corrupt (%s); falling back to the previous checkpoint", path, problem)
+    return None
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int, keep_best: bool) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints (and the best by val loss). Returns the deleted."""
+    paths = list_checkpoints(out_dir)
+    keep = set(paths[-keep_last:]) if keep_last > 0 else set()
+    if keep_best:
+        scored = [(json.loads((p / MANIFEST).read_text()).get("val_loss"), p) for p in paths]
+        scored = [(v, p) for v, p in scored if v is not None]
+        if scored:
+            keep.add(min(scored, key=lambda vp: (vp[0], -step_of(vp[1])))[1])
+    doomed = [p for p in paths if p not in keep]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    for stale in (Path(out_dir) / CHECKPOINTS).glob(".tmp-*"):  # a save killed before its rename
+        shutil.rmtree(stale, ignore_errors=True)
+    return doomed
+
+
+# -- load -------------------------------------------------------------------------------------
+def load_checkpoint(path: Path, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
+                    dist: DistEnv) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG from `path`; returns the trainer state."""
+    if (path / "dcp").is_dir():
+        if dist.mode != "fsdp":
+            raise _mode_error(path, "FSDP", dist.mode)
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp_load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / "dcp"))
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    else:
+        if dist.mode == "fsdp":
+            raise _mode_error(path, "single-device/DDP", dist.mode)
+        raw.load_state_dict(torch.load(path / "model.pt", map_location=dist.device, weights_only=True))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=dist.device, weights_only=True))
+    rng_file = path / f"rng-rank{dist.rank:05d}.pt"
+    if not rng_file.is_file():  # resumed with more ranks than saved: reuse rank 0's stream
+        rng_file = path / "rng-rank00000.pt"
+    set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def _mode_error(path: Path, saved: str, now: str) -> Exception:
+    from kiln.errors import KilnError
+
+    return KilnError(f"{path}: checkpoint was saved by a {saved} run but this run is parallel={now}; "
+                     f"resume with the same kind of parallelism (or export it and start a new run)")
+
+
+# -- final export -----------------------------------------------------------------------------
+def full_state_dict(model: nn.Module, raw: Llama, dist: DistEnv) -> dict[str, Any]:
+    """Unsharded weights on CPU (collective under FSDP; only rank 0 gets them there)."""
+    if dist.mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in raw.state_dict().items()}
+
+
+def export_final(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, final_dir: str | Path, *,
+                 dtype: str = "float32", extra: dict[str, Any] | None = None) -> Path:
+    """Write consolidated weights + ``config.json`` to `final_dir` (via a temp dir + rename)."""
+    final = Path(final_dir)
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    tensors = {k: v.to(torch_dtype) for k, v in state_dict.items()}
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        torch.save(tensors, tmp / "model.pt")
+    else:
+        # safetensors refuses aliased tensors (tied embedding/head): store each as its own copy.
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2))
+    if extra:
+        (tmp / "export.json").write_text(json.dumps({"dtype": dtype, **extra}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def load_final(final_dir: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[Llama, ModelConfig]:
+    """The exported model ready for inference (eval mode), and its config."""
+    final = Path(final_dir)
+    model_cfg = ModelConfig(**json.loads((final / "config.json").read_text()))
+    if (final / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(final / "model.safetensors"))
+    else:
+        state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
+    with torch.device("meta"):
+        model = Llama(model_cfg)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        model.init_weights()  # also computes non-persistent buffers (RoPE tables)
+    model.load_state_dict(state)
+    return model.to(dtype).eval(), model_cfg

@@ -1,0 +1,175 @@
+"""Packed next-token batches read straight from memory-mapped token shards.
+
+The corpus is a list of shards whose documents are already joined by EOS, so a
+training sequence is any window of ``seq_len + 1`` consecutive tokens:
+``x = tokens[i : i+T]``, ``y = tokens[i+1 : i+T+1]``. Each shard is cut into
+``(n_tokens - 1) // T`` windows with stride ``T`` (the last < T tokens of a shard
+are dropped, so no window spans two shards).
+
+- `PackedTokenDataset` maps a global sequence index to its window. It holds only
+  the shards' memmaps and a small int64 table of per-shard sequence counts.
+- `TokenLoader` walks the sequences of an epoch in an order shuffled from
+  ``(seed, epoch)``: a permutation of all sequence indices, which costs
+  ``8 * n_sequences`` bytes (10B tokens at T=2048 -> 5M sequences -> 40 MB).
+  Every rank computes the same order and takes its own strided slice of each
+  global micro-batch round, so no rank reads the corpus and the global batch is
+  the same set of sequences whatever the world size.
+- Its `state_dict()` is ``(epoch, position)`` in global sequences, so a resumed run
+  gets exactly the batch the interrupted one would have got next.
+- `val_batches` walks the val split in order (no shuffle): every validation pass
+  sees the same sequences, so val losses are comparable across steps.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.errors import KilnError
+from storage.token_shards import TokenShard, list_shards
+
+
+class PackedTokenDataset:
+    """All ``seq_len + 1``-token windows of a split, addressable by a global index."""
+
+    def __init__(self, split_dir: str | Path, seq_len: int) -> None:
+        self.split_dir = Path(split_dir)
+        self.seq_len = seq_len
+        paths = list_shards(self.split_dir)
+        if not paths:
+            raise KilnError(f"{self.split_dir}: no complete token shards; run pretokenize or fix the data path")
+        self.shards = [TokenShard.open(p) for p in paths]
+        counts = np.array([max(0, (len(s.tokens) - 1) // seq_len) for s in self.shards], dtype=np.int64)
+        # starts[k] = global index of shard k's first sequence; starts[-1] = total.
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if self.starts[-1] == 0:
+            largest = max(len(s.tokens) for s in self.shards)
+            raise KilnError(f"{self.split_dir}: no shard holds the {seq_len + 1} tokens one sequence needs "
+                            f"(largest: {largest}); lower data.seq_len or add data")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.shards)
+
+    def window(self, index: int) -> np.ndarray:
+        """Tokens ``[i, i + seq_len + 1)`` of sequence `index` (a view into the memmap)."""
+        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        offset = (index - int(self.starts[k])) * self.seq_len
+        return self.shards[k].tokens[offset : offset + self.seq_len + 1]
+
+    def batch(self, indices: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets ``[len(indices), seq_len]`` as int64 tensors."""
+        rows = np.stack([self.window(int(i)) for i in indices]).astype(np.int64)
+        data = torch.from_numpy(rows)
+        return data[:, :-1], data[:, 1:]
+
+
+class TokenLoader:
+    """Endless, resumable, rank-sliced iterator of shuffled micro-batches.
+
+    One "round" is ``micro_batch_size * world_size`` consecutive sequences of the
+    epoch's order; rank r takes every world_size-th of them starting at r. An
+    epoch ends when fewer than a round of sequences is left (that tail is skipped).
+    """
+
+    def __init__(self, dataset: PackedTokenDataset, micro_batch_size: int, *, seed: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise KilnError(f"data loader: rank {rank} outside world size {world_size}")
+        self.dataset, self.micro_batch_size, self.seed = dataset, micro_batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.round = micro_batch_size * world_size
+        if len(dataset) < self.round:
+            raise KilnError(f"{dataset.split_dir}: {len(dataset)} sequences cannot fill one micro-batch round of "
+                            f"{self.round} (micro_batch_size x world size); lower data.micro_batch_size")
+        self.epoch, self.position = 0, 0
+        self._order: np.ndarray | None = None
+        self._order_epoch = -1
+        self.num_workers = num_workers
+        self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
+        self._pending: deque[tuple[int, int, Future]] = deque()
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The shuffled sequence indices of `epoch`, identical on every rank."""
+        if self._order_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = rng.permutation(len(self.dataset))
+            self._order_epoch = epoch
+        assert self._order is not None
+        return self._order
+
+    def _indices(self, epoch: int, position: int) -> np.ndarray:
+        """This rank's sequence indices of the round starting at `position` of `epoch`."""
+        chunk = self.order(epoch)[position : position + self.round]
+        return chunk[self.rank :: self.world_size]
+
+    def _advance(self, epoch: int, position: int) -> tuple[int, int]:
+        position += self.round
+        if position + self.round > len(self.dataset):
+            return epoch + 1, 0
+        return epoch, position
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pool is None:
+            batch = self.dataset.batch(self._indices(self.epoch, self.position))
+        else:
+            batch = self._next_prefetched()
+        self.epoch, self.position = self._advance(self.epoch, self.position)
+        return batch
+
+    def _next_prefetched(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep `2 * num_workers` reads in flight; each is keyed by its position, so order is exact."""
+        if not self._pending or self._pending[0][:2] != (self.epoch, self.position):
+            self._pending.clear()  # first call, or load_state_dict moved the position
+            self._submit(self.epoch, self.position)
+        while len(self._pending) < 2 * self.num_workers:
+            self._submit(*self._advance(*self._pending[-1][:2]))
+        return self._pending.popleft()[2].result()
+
+    def _submit(self, epoch: int, position: int) -> None:
+        assert self._pool is not None
+        indices = self._indices(epoch, position).copy()  # the order array may be replaced next epoch
+        self._pending.append((epoch, position, self._pool.submit(self.dataset.batch, indices)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from; the same on every rank (positions are global)."""
+        # Positions count global sequences, so they stay valid if the world size changes on resume.
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n_sequences": len(self.dataset)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["n_sequences"]) != len(self.dataset) or int(state["seed"]) != self.seed:
+            raise KilnError(f"{self.dataset.split_dir}: checkpoint was made with other data or seed "
+                            f"({state['n_sequences']} sequences, seed {state['seed']}); use the run's own data")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if self.position + self.round > len(self.dataset):
+            self.epoch, self.position = self.epoch + 1, 0
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def val_batches(dataset: PackedTokenDataset, micro_batch_size: int, n_batches: int, *,
+                rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `n_batches` rank-sliced micro-batches of the split, in order (no shuffle).
+
+    Stops early (on every rank alike) when the split holds fewer sequences.
+    """
+    round_size = micro_batch_size * world_size
+    n = min(n_batches, len(dataset) // round_size)
+    for b in range(n):
+        indices = np.arange(b * round_size + rank, (b + 1) * round_size, world_size)
+        yield dataset.batch(indices)

@@ -1,0 +1,190 @@
+"""How a model runs on the hardware: process group, device, precision, checkpointing, compile, DDP/FSDP2.
+
+The model (`model.Llama`) knows nothing of any of this (torchtitan's split):
+
+    dist = init_distributed(cfg.run)                  # reads torchrun's env; 1 process needs none
+    model, raw = build_model(model_cfg, cfg.run, dist)  # meta build -> parallelize -> init
+    with autocast_context(dist, cfg.run): loss = model(x, y)[1]
+
+`parallelize` applies, in torchtitan's order, activation checkpointing per block ->
+`torch.compile` per block -> FSDP2 `fully_shard` per block and at the root (params in
+bf16 for compute, gradients reduced in fp32). DDP instead wraps a materialized model.
+Mixed precision: FSDP casts parameters itself; single device and DDP use autocast on
+CUDA; CPU always computes in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from kiln.errors import KilnError
+from model import Llama, ModelConfig
+from trainer.config import RunSection
+
+log = logging.getLogger("trainer")
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class DistEnv:
+    """This process's place in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    mode: Literal["none", "ddp", "fsdp"]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def initialized(self) -> bool:
+        return tdist.is_available() and tdist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.initialized:
+            tdist.barrier()
+
+
+def resolve_device(run: RunSection) -> torch.device:
+    if run.device == "cuda" and not torch.cuda.is_available():
+        raise KilnError("train config: run.device='cuda' but CUDA is not available here; "
+                        "use run.device='auto' or 'cpu'")
+    if run.device == "cpu" or (run.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(run: RunSection) -> DistEnv:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) and pick the parallel mode.
+
+    One process with ``parallel = "fsdp"`` still gets a 1-rank group and FSDP: its
+    MixedPrecisionPolicy casts parameters to bf16 once per step instead of autocast
+    casting at every matmul (torchtitan's single-GPU recipe).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(run)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    mode: Literal["none", "ddp", "fsdp"] = "none"
+    if world_size > 1:
+        if run.parallel == "none":
+            raise KilnError(f"train config: run.parallel='none' with {world_size} processes would train "
+                            f"{world_size} unrelated copies; use auto, ddp or fsdp")
+        mode = run.parallel if run.parallel != "auto" else ("fsdp" if device.type == "cuda" else "ddp")
+    elif run.parallel == "fsdp":
+        mode = "fsdp"
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(_free_port()))):
+            os.environ.setdefault(key, value)  # what torchrun --nproc-per-node 1 would set
+    elif run.parallel == "ddp":
+        log.info("run.parallel=ddp ignored: a single process needs no data parallelism")
+    if mode != "none" and not tdist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        tdist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    if mode == "fsdp" and run.dtype == "float16":
+        raise KilnError("train config: run.dtype='float16' is not supported with FSDP; use bfloat16")
+    return DistEnv(rank, local_rank, world_size, device, mode)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def compute_dtype(dist: DistEnv, run: RunSection) -> torch.dtype:
+    """The dtype matmuls run in: run.dtype on CUDA, always fp32 on CPU."""
+    return DTYPES[run.dtype] if dist.device.type == "cuda" else torch.float32
+
+
+def autocast_context(dist: DistEnv, run: RunSection) -> contextlib.AbstractContextManager:
+    """Autocast for single-device/DDP CUDA runs; FSDP casts params itself and CPU stays fp32."""
+    dtype = compute_dtype(dist, run)
+    if dist.mode == "fsdp" or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dist.device.type, dtype=dtype)
+
+
+def apply_activation_checkpointing(model: Llama) -> None:
+    """Wrap each block so its activations are recomputed in backward (state-dict keys unchanged)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.layers):
+        # preserve_rng_state=False: the blocks use no randomness, and saving RNG state costs a sync.
+        model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: Llama) -> None:
+    """Compile each block in place: blocks are identical, so one graph is reused and compile is fast."""
+    for block in model.layers:
+        block.compile(fullgraph=True)
+
+
+def apply_fsdp(model: Llama, dist: DistEnv, run: RunSection) -> None:
+    """Shard every block, then the root (embeddings, final norm, head), with bf16 compute and fp32 reduce."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype(dist, run), reduce_dtype=torch.float32)
+    n = len(model.layers)
+    for i, block in enumerate(model.layers):
+        # The last block's params are needed again at once by backward: keep them gathered.
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
+def parallelize(model: Llama, run: RunSection, dist: DistEnv) -> nn.Module:
+    """Apply activation checkpointing, compile and FSDP/DDP as configured; returns the module to train.
+
+    FSDP works on a meta-device model (materialize afterwards with `to_empty` +
+    `init_weights`); DDP needs a materialized one. `build_model` does both right.
+    """
+    if run.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if run.compile:
+        apply_compile(model)
+    if dist.mode == "fsdp":
+        apply_fsdp(model, dist, run)
+    elif dist.mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    return model
+
+
+def build_model(model_cfg: ModelConfig, run: RunSection, dist: DistEnv) -> tuple[nn.Module, Llama]:
+    """Build on the meta device, parallelize, materialize on `dist.device`, init from `run.seed`.
+
+    Returns (module to call in the loop, the underlying Llama for state dicts and exports).
+    No weights are ever allocated on the CPU first, so a 7B model fits however many ranks.
+    """
+    torch.manual_seed(run.seed)
+    with torch.device("meta"):
+        raw = Llama(model_cfg)
+    if dist.mode == "fsdp":
+        model = parallelize(raw, run, dist)
+        raw.to_empty(device=dist.device)
+        with torch.no_grad():
+            raw.init_weights()
+        return model, raw
+    raw.to_empty(device=dist.device)
+    with torch.no_grad():
+        raw.init_weights()
+    return parallelize(raw, run, dist), raw
