@@ -1,0 +1,74 @@
+"""Export stage: a trained model artifact → a Hugging Face `LlamaForCausalLM` directory.
+
+    ref = export(sft_ref, ExportConfig(dtype="bfloat16"), store)
+    AutoModelForCausalLM.from_pretrained(ref.path / "hf"); AutoTokenizer.from_pretrained(ref.path / "hf")
+
+The artifact's ``hf/`` holds ``config.json``, ``generation_config.json``,
+``model.safetensors`` and the tokenizer files (with a ChatML chat template when the
+tokenizer has the chat tokens); see `model.hf_interop`. After writing, the export is
+read back with `import_hf` and compared tensor by tensor with the source weights
+(exactly in float32, to the dtype's rounding otherwise), so a broken export never
+becomes an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from prefect import task
+
+from kiln.chat import find_tokenizer_dir, model_dir
+from kiln.errors import KilnError
+from model.hf_interop import export_hf, import_hf, load_weights
+from storage.store import ArtifactRef, ArtifactStore, Build
+from tasks.common import stage_task_options
+
+STAGE = "export"
+CODE_VERSION = "1"
+HF_DIR = "hf"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How the Hugging Face copy is written (``[export]``)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """Weight dtype on disk (bfloat16 halves the size; float32 is bit-exact)."""
+    include_tokenizer: bool = True
+    """Also write the tokenizer files (tokenizer.model, tokenizer.json, tokenizer_config.json)."""
+
+
+def export(model: ArtifactRef, cfg: ExportConfig, store: ArtifactStore) -> ArtifactRef:
+    """Write `model` (any artifact with ``final/``) as an HF Llama directory under ``hf/``."""
+    return store.produce(STAGE, CODE_VERSION, cfg, [model], lambda build: _export_into(build, model, cfg))
+
+
+def _export_into(build: Build, model: ArtifactRef, cfg: ExportConfig) -> None:
+    state, model_cfg = load_weights(model_dir(model.path))
+    tokenizer_dir = find_tokenizer_dir(model.path) if cfg.include_tokenizer else None
+    out = export_hf(state, model_cfg, build.dir / HF_DIR, tokenizer_dir=tokenizer_dir, dtype=cfg.dtype)
+    verify_export(state, out, cfg.dtype)
+    build.counts.update({"tensors": len(state), "bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file())})
+    build.extra["hf_config"] = json.loads((out / "config.json").read_text())
+
+
+def verify_export(state: dict[str, torch.Tensor], out_dir: Path, dtype: str) -> None:
+    """Read the export back with `import_hf` and compare every tensor with the source weights."""
+    back, _ = import_hf(out_dir)
+    exported = back.state_dict()
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    for key, tensor in state.items():
+        want = tensor.to(torch_dtype).float()  # the rounding the export itself applied
+        if key not in exported or not torch.equal(exported[key].float(), want):
+            raise KilnError(f"{out_dir}: exported tensor {key} does not read back equal to the source; "
+                            "the export is broken (please report it)")
+
+
+@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["model"]))
+def export_task(model: ArtifactRef, cfg: ExportConfig, store_root: str) -> ArtifactRef:
+    """Prefect wrapper: cached by artifact key."""
+    return export(model, cfg, ArtifactStore(store_root))
