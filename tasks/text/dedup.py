@@ -1,0 +1,249 @@
+"""Exact and near-duplicate detection across sources: normalized hashes, MinHash and LSH banding.
+
+The work splits in two so a stage can spread the heavy part over workers:
+
+1. Per shard, in parallel: `exact_hash(text)` (16 bytes) and `MinHasher.signature(text)`
+   (``num_perm`` uint32, 512 bytes at 128) are pure functions of the text, the same in any
+   process (no salted Python `hash`; constants from a fixed splitmix64 sequence).
+2. In one place: `exact_duplicates` and `near_duplicate_clusters` read ``(key, hash)`` /
+   ``(key, signature)`` in a stable order (input shard order, then position) and return the
+   keys to drop: every member of a group except the first in that order. Same order in,
+   same drops out, whatever the number of workers or how texts were batched.
+
+Decisions worth knowing:
+- Shingles are 5 consecutive *words* of the normalized text, where a word is a run of
+  non-space characters or a single Han/Kana character (as in `tasks.text.filters`): word
+  5-grams for spaced languages, as in datatrove and Lee et al. 2022, and character 5-grams
+  for Chinese/Japanese, which have no spaces. Character 5-grams everywhere would give English
+  ~5x the shingles to hash and shingles that unrelated texts share more often.
+- Shingle hashing is vectorized: words hash as polynomial hashes of their code points from
+  one prefix sum (`filters.span_hashes`), 5-grams combine word hashes. On the gensim enwiki
+  sample whole signatures come out ~4.5x faster than with each shingle hashed by
+  `hashlib.blake2b` (`benchmarks/dedup_throughput.py`); xxhash (not installed) would still need
+  a Python call per shingle. The 128 permutations are now most of the cost.
+- Permutations are multiply-shift hashes ``((a * x + b) mod 2**64) >> 32`` with random odd
+  `a`, applied to all shingles at once with numpy, in blocks to bound memory.
+- LSH with `bands` x `rows` = `num_perm` makes documents with Jaccard similarity s candidates
+  with probability ``1 - (1 - s**rows)**bands``; the curve's midpoint is about
+  ``(1 / bands) ** (1 / rows)``. Defaults (16 x 8 for 128) put it at 0.71, below the 0.8
+  threshold, so 95 % of pairs at 0.8 become candidates; each candidate is then checked by
+  its estimated Jaccard (share of equal signature values), which removes the extras.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Hashable, Iterable
+from typing import TypeVar
+
+import numpy as np
+
+from kiln.errors import KilnError
+from tasks.text.filters import PUNCT, char_classes, code_points, mix64, span_hashes, word_spans
+
+K = TypeVar("K", bound=Hashable)
+_SHINGLE_MULT = np.uint64(0xD1B54A32D192ED03)
+_BLOCK = 1024  # shingles per permutation block: 1 MiB at 128 perms stays in cache (2048: measured 3-8x slower)
+EMPTY = np.uint32(0xFFFFFFFF)
+"""Every value of the signature of a text with no words; such signatures match nothing."""
+
+
+def normalize_for_dedup(text: str) -> str:
+    """Text as compared for duplicates: NFKC, case-folded, punctuation and symbols removed, whitespace collapsed."""
+    return " ".join(_normalized_code_points(text).tobytes().decode("utf-32-le", errors="surrogatepass").split())
+
+
+def _normalized_code_points(text: str) -> np.ndarray:
+    """Code points of the NFKC, case-folded text with Unicode punctuation and symbols (P*, S*) turned to spaces.
+
+    A lookup table, not ``re.sub(r"[^\\w\\s]", ...)``: Python's \\w leaves out combining marks and
+    would cut Hindi or Thai words apart, and a regex class of all P*/S* ranges ran at ~1 MB/s.
+    """
+    cps = code_points(unicodedata.normalize("NFKC", text).casefold())
+    return np.where(char_classes(cps) == PUNCT, np.uint32(32), cps)
+
+
+def exact_hash(text: str) -> bytes:
+    """16-byte blake2b of the normalized text: equal for texts that differ only in case, spacing, punctuation."""
+    return hashlib.blake2b(normalize_for_dedup(text).encode("utf-8"), digest_size=16).digest()
+
+
+def exact_duplicates(items: Iterable[tuple[K, bytes]]) -> set[K]:
+    """Keys whose hash an earlier item already had (the first of each group is kept)."""
+    seen: set[bytes] = set()
+    drop: set[K] = set()
+    for key, digest in items:
+        if digest in seen:
+            drop.add(key)
+        else:
+            seen.add(digest)
+    return drop
+
+
+class MinHasher:
+    """MinHash signatures of texts; instances with equal arguments give equal signatures in any process."""
+
+    def __init__(self, num_perm: int = 128, shingle: int = 5, seed: int = 1) -> None:
+        if num_perm < 1 or shingle < 1:
+            raise KilnError(f"MinHasher: num_perm and shingle must be >= 1, got {num_perm}, {shingle}")
+        self.num_perm, self.shingle, self.seed = num_perm, shingle, seed
+        # Constants from splitmix64, not numpy's RNG: numpy does not promise the same stream across
+        # versions, and a changed constant would silently change which documents are dropped.
+        values = _splitmix64(seed, 2 * num_perm)
+        self._a = np.array(values[:num_perm], dtype=np.uint64) | np.uint64(1)  # odd: multiply is a bijection
+        self._b = np.array(values[num_perm:], dtype=np.uint64)
+
+    def __repr__(self) -> str:
+        return f"MinHasher(num_perm={self.num_perm}, shingle={self.shingle}, seed={self.seed})"
+
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """uint64 hash of every shingle of the normalized text (one hash of all words if fewer than `shingle`)."""
+        cps = _normalized_code_points(text)
+        starts, ends = word_spans(char_classes(cps))
+        words = span_hashes(cps, starts, ends)
+        k = min(self.shingle, len(words))
+        if k == 0:
+            return words  # empty
+        m = len(words) - k + 1
+        h = words[:m]
+        for j in range(1, k):
+            h = h * _SHINGLE_MULT + words[j : j + m]
+        return mix64(h)
+
+    def signature(self, text: str) -> np.ndarray:
+        """``num_perm`` uint32 minima of the permuted shingle hashes; all `EMPTY` for a text without words."""
+        return self.signature_of_hashes(self.shingle_hashes(text))
+
+    def signature_of_hashes(self, shingles: np.ndarray) -> np.ndarray:
+        """The signature of a set of shingle hashes (duplicates do not change it)."""
+        best = np.full(self.num_perm, np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+        a, b = self._a[:, None], self._b[:, None]
+        buf = np.empty((self.num_perm, min(_BLOCK, len(shingles))), dtype=np.uint64)
+        for lo in range(0, len(shingles), _BLOCK):
+            block = shingles[None, lo : lo + _BLOCK]
+            out = buf[:, : block.shape[1]]
+            np.multiply(a, block, out=out)  # in place: no temporaries per block
+            np.add(out, b, out=out)
+            # The minimum of the top 32 bits is the top 32 bits of the minimum: shift once, at the end.
+            np.minimum(best, out.min(axis=1), out=best)
+        return (best >> np.uint64(32)).astype(np.uint32)
+
+    def signatures(self, texts: Iterable[str]) -> np.ndarray:
+        """Signatures of many texts as one ``(n, num_perm)`` uint32 array (a shard's worth)."""
+        sigs = [self.signature(t) for t in texts]
+        return np.stack(sigs) if sigs else np.empty((0, self.num_perm), dtype=np.uint32)
+
+
+def _splitmix64(seed: int, n: int) -> list[int]:
+    """n 64-bit values of the splitmix64 sequence started at `seed` (plain Python: the same everywhere)."""
+    mask, out, x = (1 << 64) - 1, [], seed & ((1 << 64) - 1)
+    for _ in range(n):
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity estimated from two signatures: the share of equal values."""
+    return float(np.count_nonzero(a == b)) / len(a)
+
+
+def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
+    """(bands, rows) with bands x rows = num_perm whose midpoint (1/b)^(1/r) is the highest not above threshold.
+
+    Erring low keeps recall high; `near_duplicate_clusters` verifies candidates against the threshold.
+    """
+    pairs = [(b, num_perm // b) for b in range(1, num_perm + 1) if num_perm % b == 0]
+    below = [(b, r) for b, r in pairs if (1 / b) ** (1 / r) <= threshold]
+    if not below:
+        raise KilnError(f"dedup threshold {threshold} is too low for num_perm={num_perm}; raise it or num_perm")
+    return max(below, key=lambda br: (1 / br[0]) ** (1 / br[1]))
+
+
+class LSHIndex:
+    """Banded LSH buckets; each bucket remembers the first key that fell into it.
+
+    Remembering one key per bucket (not all) keeps `add` O(bands) even for thousands of copies
+    of one page, and is enough for connected components. Memory: roughly 100 bytes per band
+    per distinct bucket (~1.6 KB per document at 16 bands).
+    """
+
+    def __init__(self, bands: int, rows: int) -> None:
+        if bands < 1 or rows < 1:
+            raise KilnError(f"LSHIndex: bands and rows must be >= 1, got {bands}, {rows}")
+        self.bands, self.rows = bands, rows
+        self._tables: list[dict[bytes, Hashable]] = [{} for _ in range(bands)]
+
+    @property
+    def threshold(self) -> float:
+        """Similarity at the midpoint of the candidate curve, about (1/bands)^(1/rows)."""
+        return (1 / self.bands) ** (1 / self.rows)
+
+    def add(self, key: Hashable, sig: np.ndarray) -> list[Hashable]:
+        """Insert a signature; returns the earlier keys it shares a bucket with (each once, in band order)."""
+        if len(sig) != self.bands * self.rows:
+            raise KilnError(f"LSHIndex: signature has {len(sig)} values, bands x rows is {self.bands * self.rows}")
+        raw = sig.tobytes()
+        width = self.rows * sig.itemsize
+        hits: list[Hashable] = []
+        for band, table in enumerate(self._tables):
+            first = table.setdefault(raw[band * width : (band + 1) * width], key)
+            if first != key and first not in hits:
+                hits.append(first)
+        return hits
+
+
+def near_duplicate_clusters(
+    items: Iterable[tuple[K, np.ndarray]],
+    *,
+    threshold: float = 0.8,
+    bands: int | None = None,
+    rows: int | None = None,
+    verify: bool = True,
+) -> set[K]:
+    """Keys to drop as near duplicates: all members of each cluster but the first in `items` order.
+
+    Clusters are connected components of "estimated Jaccard >= threshold" (or of plain LSH
+    collisions with ``verify=False``). Signatures that are all `EMPTY` never match. Memory is
+    ~2.2 KB per document at 128 x uint32 (index + the signatures kept for verification): fine
+    to ~10 M documents; beyond that, split the work by band, as datatrove does on disk.
+    """
+    keys: list[K] = []
+    sigs: list[np.ndarray] = []
+    parent: list[int] = []
+    index: LSHIndex | None = None
+    for i, (key, sig) in enumerate(items):
+        if index is None:
+            b, r = (bands, rows) if bands and rows else lsh_params(len(sig), threshold)
+            index = LSHIndex(b, r)
+        keys.append(key)
+        sigs.append(sig)
+        parent.append(i)
+        if np.all(sig == EMPTY):
+            continue
+        for j in index.add(i, sig):
+            assert isinstance(j, int)
+            if not verify or estimated_jaccard(sig, sigs[j]) >= threshold:
+                _union(parent, i, j)
+    if len(set(keys)) != len(keys):
+        raise KilnError("near_duplicate_clusters: keys are not unique; use document ids")
+    return {keys[i] for i in range(len(keys)) if _find(parent, i) != i}
+
+
+def _find(parent: list[int], i: int) -> int:
+    root = i
+    while parent[root] != root:
+        root = parent[root]
+    while parent[i] != root:  # path compression keeps later finds O(1)
+        parent[i], i = root, parent[i]
+    return root
+
+
+def _union(parent: list[int], i: int, j: int) -> None:
+    """Join two clusters under the smaller index, so each cluster's root is its earliest item."""
+    ri, rj = _find(parent, i), _find(parent, j)
+    if ri != rj:
+        parent[max(ri, rj)] = min(ri, rj)
