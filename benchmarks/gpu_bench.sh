@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One device call's batch of GPU work: CUDA tests, then Kiln and torchtitan throughput side by side.
+#
+#   bash benchmarks/gpu_bench.sh tests kiln:125m:16 tt:125m:16:compile
+#
+# Jobs: `tests` (model + trainer tests on CUDA), `kiln:PRESET:BATCH[:EXTRA ARGS]`
+# (benchmarks/train_throughput.py), `tt:SHAPE:BATCH:compile|no-compile` (torchtitan 0.3.0 via
+# benchmarks/baselines/torchtitan_runner.py). Wheels in .whl/ (carried) are installed first.
+# All result JSONs are merged into $OUT/results.json and logs into $OUT/logs.txt (the device
+# tool returns at most 8 files).
+set -u
+OUTDIR=${OUT:-/tmp/kiln-bench}
+WORK=$OUTDIR/work
+mkdir -p "$WORK"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+for job in "$@"; do
+  IFS=: read -r kind a b c <<< "$job"
+  echo "=== $job ($(date +%T))"
+  case $kind in
+    tests)
+      timeout 240 python3 -m pytest tests/model tests/trainer -q -m "not slow" -p no:cacheprovider \
+        --ignore=tests/trainer/test_sft.py --ignore=tests/trainer/test_dpo.py 2>&1 | tail -n 12 ;;
+    kiln)
+      # shellcheck disable=SC2086  # $c holds extra flags
+      timeout "${TMO:-300}" python3 benchmarks/train_throughput.py --preset "$a" --seq-len 2048 \
+        --micro-batch-size "$b" --steps 20 --warmup 8 ${c:-} --out "$WORK/kiln_${a}_${b}.json" \
+        > "$WORK/kiln_${a}_${b}.log" 2>&1
+      echo "rc=$?"; tail -n 8 "$WORK/kiln_${a}_${b}.log" ;;
+    tt)
+      timeout "${TMO:-300}" torchrun --standalone --nproc-per-node 1 benchmarks/baselines/torchtitan_runner.py \
+        --shape "$a" --batch-size "$b" "--$c" --steps 20 --warmup 8 --seq-len 2048 \
+        --out "$WORK/tt_${a}_${b}_${c}.json" > "$WORK/tt_${a}_${b}_${c}.log" 2>&1
+      echo "rc=$?"; grep -E "Error|error" "$WORK/tt_${a}_${b}_${c}.log" | tail -n 3; tail -n 2 "$WORK/tt_${a}_${b}_${c}.log" ;;
+    *) echo "unknown job $job" ;;
+  esac
+done
+python3 - "$WORK" "$OUTDIR/results.json" <<'PY'
+import json, pathlib, sys
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+rows = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+out.write_text(json.dumps(rows, indent=1))
+PY
+cat "$WORK"/*.log > "$OUTDIR/logs.txt" 2>/dev/null
+rm -rf "$WORK"
