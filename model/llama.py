@@ -272,6 +272,13 @@ class Llama(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, kv_cache, start_pos)
+        return self.head(h, targets, loss_mask)
+
+    def head(self, h: Tensor, targets: Tensor | None = None,
+             loss_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Final norm, output projection and loss: a separate method so it can be compiled as one
+        graph (the [B, T, vocab] logits are the largest tensor of a step; fusing the upcast and the
+        cross-entropy around them saves several passes over it)."""
         logits = self.output(self.norm(h))
         return logits, (None if targets is None else self.loss(logits, targets, loss_mask))
 

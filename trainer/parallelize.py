@@ -133,6 +133,9 @@ def apply_compile(model: Llama) -> None:
     """Compile each block in place: blocks are identical, so one graph is reused and compile is fast."""
     for block in model.layers:
         block.compile(fullgraph=True)
+    # The head (norm + output + cross-entropy) is compiled too: eager, the float32 upcast and the
+    # log-softmax each make a full pass over the [B, T, vocab] logits.
+    model.head = torch.compile(model.head)  # type: ignore[method-assign]
 
 
 def apply_fsdp(model: Llama, dist: DistEnv, run: RunSection) -> None:

@@ -124,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torchtitan's per-TransformerBlock torch.compile (compile.enable; components model,loss)")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="torchtitan 0.3.0's CUDA-graph capture of forward+backward (its default: on)")
+    p.add_argument("--sdpa-attention", action="store_true",
+                   help="replace torchtitan's compiled FlexAttention with causal SDPA (see _sdpa_attention_stand_in)")
     p.add_argument("--attn", choices=["flex", "varlen"], default="flex",
                    help="torchtitan attention backend (llama3 default: flex; varlen needs the FA3 package on Hopper)")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -191,6 +193,21 @@ def _torch_compat_shims() -> None:
         fsdp.DataParallelMeshDims = DataParallelMeshDims
         _SHIMS.append("torch.distributed.fsdp.DataParallelMeshDims: stand-in (never constructed on 1 GPU)")
 
+    import inspect
+
+    import torch.nn.attention.flex_attention as flex
+
+    if "separate_full_blocks" not in inspect.signature(flex.create_block_mask).parameters:
+        # torch>=2.12 kwarg that torchtitan passes; older torch always keeps full blocks separate
+        # (BlockMask.full_kv_num_blocks), which is the kwarg's default behaviour, so dropping it is exact.
+        original = flex.create_block_mask
+
+        def create_block_mask(*args: Any, separate_full_blocks: bool = True, **kwargs: Any) -> Any:
+            return original(*args, **kwargs)
+
+        flex.create_block_mask = create_block_mask
+        _SHIMS.append("flex_attention.create_block_mask: drops separate_full_blocks (torch<2.12)")
+
     import torch.distributed as dist
 
     if not hasattr(dist, "set_timeout"):  # torch 2.14 API; torchtitan calls it once, after step 1
@@ -223,8 +240,14 @@ def _force_cpu_device() -> None:
     _SHIMS.append("cpu dry run: torch.cpu stands in for torch.cuda")
 
 
-def _cpu_attention_stand_in() -> None:
-    """CPU dry run only: FlexAttention has no CPU backward, so use causal SDPA (equal for one-doc rows)."""
+def _sdpa_attention_stand_in(reason: str) -> None:
+    """Run torchtitan's attention through causal SDPA (flash on GPU), equal to its flex mask for one-doc rows.
+
+    Used for the CPU dry run (FlexAttention has no CPU backward) and, with ``--sdpa-attention``,
+    on a GPU whose torch cannot run torchtitan 0.3.0's compiled FlexAttention backward (torch
+    2.11: "tensor ... data is not allocated yet"). It is also the attention kernel Kiln uses,
+    so the comparison then measures everything else: model code, FSDP2, compile, loss, optimizer.
+    """
     import torch.nn.functional as F
     from torchtitan.models.common.attention import FlexAttention
 
@@ -234,8 +257,11 @@ def _cpu_attention_stand_in() -> None:
         return out, None  # aux (lse) is only read when out_transform is set, never for llama3
 
     FlexAttention.compiled_flex_attn = staticmethod(causal_sdpa)
-    _SHIMS.append("cpu dry run: causal SDPA stands in for FlexAttention (no CPU backward)")
+    _SHIMS.append(f"causal SDPA stands in for FlexAttention ({reason})")
 
+
+def _cpu_timeouts_stand_in() -> None:
+    """CPU dry run only: torchtitan's timeout setup passes a CUDA-only barrier argument."""
     import torch.distributed as dist
     import torchtitan.distributed.utils as dist_utils
 
@@ -490,7 +516,10 @@ def _prepare(args: argparse.Namespace) -> None:
     _define_components()
     _register_flavors()
     if args.device == "cpu":
-        _cpu_attention_stand_in()
+        _sdpa_attention_stand_in("cpu dry run: no CPU backward for FlexAttention")
+        _cpu_timeouts_stand_in()
+    elif args.sdpa_attention:
+        _sdpa_attention_stand_in("--sdpa-attention")
 
 
 def meta_only(args: argparse.Namespace) -> dict[str, Any]:
@@ -567,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_step": tokens_per_step,
         "compile": args.compile,
         "cuda_graphs": args.cuda_graphs and cuda,
+        "sdpa_attention": bool(args.sdpa_attention),
         "attn": args.attn,
         "precision": "FSDP2 MixedPrecisionPolicy param=bf16 reduce=fp32 (fp32 master weights), 1-rank mesh",
         "activation_checkpointing": "none",
