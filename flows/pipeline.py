@@ -11,10 +11,11 @@ from flows.dag import run_dag
 
 @flow(name="kiln-pipeline", log_prints=True)
 def pipeline(
-    config: str = "configs/demo.toml", overrides: list[str] | None = None, until: str = "generate"
+    config: str = "configs/demo.toml", overrides: list[str] | None = None, until: str = "all"
 ) -> dict[str, Any]:
-    """download → clean → tokenizer → pretokenize → pretrain → generate, each stage cached by artifact key.
+    """download → clean → tokenizer → pretokenize → pretrain → generate (→ sft → dpo → evaluate, export),
+    each stage cached by artifact key.
 
-    `overrides` are ``section.key=value`` strings; `until` stops after that stage.
+    `overrides` are ``section.key=value`` strings; `until` runs only that stage and what it needs.
     """
     return run_dag(config, overrides or [], until=until).summary()

@@ -45,6 +45,30 @@ def generate_flow(config: str = "configs/demo.toml", overrides: list[str] | None
     return run_dag(config, overrides or [], until="generate").summary()
 
 
+@flow(name="kiln-sft")
+def sft_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Supervised fine-tuning of the pretrained model on the configured instruction data."""
+    return run_dag(config, overrides or [], until="sft").summary()
+
+
+@flow(name="kiln-dpo")
+def dpo_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Direct preference optimization of the fine-tuned model."""
+    return run_dag(config, overrides or [], until="dpo").summary()
+
+
+@flow(name="kiln-evaluate")
+def evaluate_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Perplexity on held-out token shards and loss on the SFT validation set, for the final model."""
+    return run_dag(config, overrides or [], until="evaluate").summary()
+
+
+@flow(name="kiln-export")
+def export_flow(config: str = "configs/demo.toml", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Export the final model in the Hugging Face Llama layout."""
+    return run_dag(config, overrides or [], until="export").summary()
+
+
 STAGE_FLOWS = {
     "download": download_flow,
     "clean": clean_flow,
@@ -52,4 +76,8 @@ STAGE_FLOWS = {
     "pretokenize": pretokenize_flow,
     "pretrain": pretrain_flow,
     "generate": generate_flow,
+    "sft": sft_flow,
+    "dpo": dpo_flow,
+    "evaluate": evaluate_flow,
+    "export": export_flow,
 }

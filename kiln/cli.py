@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", default="configs/demo.toml", help="pipeline TOML file")
     run.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. pretrain.steps=50 (repeatable)")
-    run.add_argument("--until", default="generate", help="last stage to run (default: generate)")
+    run.add_argument("--until", default="all", help="run only this stage and what it needs (default: all)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary (states, artifacts) as JSON")
 
     arts = sub.add_parser("artifacts", help="inspect and clean the artifact store")
@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # The embedded Prefect server's first start runs database migrations, which can take
+    # longer than Prefect's 20 s default on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from tasks.pipeline_config import load_pipeline_config
 
     load_pipeline_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
@@ -74,6 +77,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{stage:<12} {info['state']:<10} {info['artifact']}")
     if "final_loss" in summary:
         print(f"\nfinal training loss: {summary['final_loss']:.4f}")
+    for name, value in summary.get("evaluation", {}).items():
+        if isinstance(value, (int, float)):
+            print(f"eval {name}: {value:.4f}")
     for sample in summary.get("samples", []):
         print(f"\nprompt: {sample['prompt']!r}\nsample: {sample['text']}")
     return 0

@@ -7,14 +7,21 @@ Wikipedia sample comes from the gensim wheel). A given sha256/sha1/md5 is
 verified; a mismatch deletes the file and fails. Each source is one unit: a
 killed stage keeps finished files and the partial bytes of the current one.
 
-The artifact key covers the URLs and checksums, plus size and mtime of local
-files, so replacing a local file is noticed.
+The artifact key covers the URLs and checksums, plus a fingerprint of local
+files (content for small ones, size and mtime for large ones), so replacing a
+local file is noticed.
+
+Wikipedia dumps: `wikipedia_sources("zh", "20240601")` gives the sources of a
+``pages-articles-multistream`` dump and its index in the standard dumps.wikimedia.org
+layout, with the sha1 and md5 the mirror publishes; ``python -m tasks.download
+zh:20240601 en:20240601`` prints them as config TOML.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import logging
 import os
 import shutil
@@ -95,14 +102,22 @@ def resolve_local(url: str) -> Path | None:
     raise KilnError(f"{url}: unsupported URL scheme {parsed.scheme!r}; use http(s)://, file://, pkg:// or a path")
 
 
+# Local sources up to this size are fingerprinted by content (stable across clones and
+# checkouts); larger ones by size and mtime, so a multi-GB dump is not re-hashed every run.
+HASH_LOCAL_UP_TO = 64 << 20
+
+
 def key_config(cfg: DownloadConfig) -> dict[str, Any]:
-    """What the artifact key hashes: the config plus size and mtime of local sources."""
+    """What the artifact key hashes: the config plus a fingerprint of each local source."""
     data = canonical_dict(cfg)
     for spec, entry in zip(cfg.sources, data["sources"], strict=True):
         path = resolve_local(spec.url)
-        if path is not None and path.exists():
+        if path is not None and path.is_file():
             st = path.stat()
-            entry["fingerprint"] = f"{st.st_size}:{st.st_mtime_ns}"
+            if st.st_size <= HASH_LOCAL_UP_TO:
+                entry["fingerprint"] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                entry["fingerprint"] = f"{st.st_size}:{st.st_mtime_ns}"
     return data
 
 
@@ -192,7 +207,138 @@ def verify_checksums(spec: SourceSpec, path: Path) -> None:
             )
 
 
+# ---------------------------------------------------------------- Wikipedia dump URLs
+WIKIMEDIA_DUMPS = "https://dumps.wikimedia.org"
+WIKI_DUMP_KINDS = ("pages-articles-multistream", "pages-articles")
+
+
+def wiki_db(language: str) -> str:
+    """Wikimedia's database name of a Wikipedia: ``zh`` → ``zhwiki``, ``zh-yue`` → ``zh_yuewiki``."""
+    if not language or not language.replace("-", "").isalnum():
+        raise KilnError(f"wikipedia language {language!r}: use a code such as 'en', 'zh' or 'zh-yue'")
+    return language.replace("-", "_") + "wiki"
+
+
+def wikipedia_dump_url(
+    language: str, date: str = "latest", kind: str = "pages-articles-multistream", *, mirror: str = WIKIMEDIA_DUMPS
+) -> str:
+    """URL of a dump file in the standard layout ``<mirror>/<db>/<date>/<db>-<date>-<kind>.xml.bz2``.
+
+    `kind` ``pages-articles-multistream-index`` names the multistream index (``.txt.bz2``).
+    """
+    if date != "latest" and not (len(date) == 8 and date.isdigit()):
+        raise KilnError(f"wikipedia dump date {date!r}: use YYYYMMDD (e.g. 20240601) or 'latest'")
+    db = wiki_db(language)
+    suffix = ".txt.bz2" if kind.endswith("-index") else ".xml.bz2"
+    return f"{mirror.rstrip('/')}/{db}/{date}/{db}-{date}-{kind}{suffix}"
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """``{file name: hex digest}`` from a published ``<db>-<date>-sha1sums.txt`` / ``md5sums.txt``."""
+    sums = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            sums[parts[1].lstrip("*")] = parts[0].lower()  # "*name" marks binary mode in sha1sum output
+    return sums
+
+
+def wikipedia_sources(
+    language: str,
+    date: str = "latest",
+    *,
+    multistream: bool = True,
+    mirror: str = WIKIMEDIA_DUMPS,
+    checksums: tuple[str, ...] = ("sha1", "md5"),
+    timeout_s: float = 60.0,
+) -> list[SourceSpec]:
+    """Download sources for one Wikipedia dump (and its multistream index), checksums read from the mirror.
+
+    The sums files list dated names even under ``latest/``, so files are matched by what
+    follows the date. Pin a date for reproducible runs: ``latest`` moves every month.
+    """
+    kinds = ["pages-articles-multistream", "pages-articles-multistream-index"] if multistream else ["pages-articles"]
+    urls = [wikipedia_dump_url(language, date, kind, mirror=mirror) for kind in kinds]
+    db = wiki_db(language)
+    specs = []
+    sums = {alg: _by_suffix(parse_checksums(_fetch_text(_sums_url(mirror, db, date, alg), timeout_s)), db)
+            for alg in checksums}
+    for url in urls:
+        name = url.rsplit("/", 1)[1]
+        found = {alg: table.get(_after_date(name, db)) for alg, table in sums.items()}
+        missing = [alg for alg, digest in found.items() if digest is None]
+        if missing:
+            raise KilnError(f"{_sums_url(mirror, db, date, missing[0])}: no {missing[0]} for {name}; is the dump done?")
+        specs.append(SourceSpec(name=name, url=url, **{alg: d for alg, d in found.items() if d}))
+    return specs
+
+
+def sources_toml(specs: list[SourceSpec]) -> str:
+    """``[[download.sources]]`` tables for a pipeline config file."""
+    blocks = []
+    for spec in specs:
+        lines = ["[[download.sources]]"]
+        lines += [f"{k} = {json.dumps(getattr(spec, k))}" for k in ("name", "url", "sha256", "sha1", "md5")
+                  if getattr(spec, k)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _sums_url(mirror: str, db: str, date: str, alg: str) -> str:
+    return f"{mirror.rstrip('/')}/{db}/{date}/{db}-{date}-{alg}sums.txt"
+
+
+def _after_date(name: str, db: str) -> str:
+    """``zhwiki-20240601-pages-articles.xml.bz2`` → ``pages-articles.xml.bz2``."""
+    return name.removeprefix(f"{db}-").split("-", 1)[-1]
+
+
+def _by_suffix(sums: dict[str, str], db: str) -> dict[str, str]:
+    return {_after_date(name, db): digest for name, digest in sums.items() if name.startswith(f"{db}-")}
+
+
+def _fetch_text(url: str, timeout_s: float, attempts: int = 3) -> str:
+    """A small text file over http(s), file:// or a path, retried on network errors."""
+    local = resolve_local(url)
+    if local is not None:
+        if not local.is_file():
+            raise KilnError(f"{url}: not found")
+        return local.read_text(encoding="utf-8")
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return resp.read().decode("utf-8")
+        except urllib.error.HTTPError as exc:
+            if 400 <= exc.code < 500 and exc.code != 429:
+                raise KilnError(f"{url}: HTTP {exc.code} {exc.reason}; check language, date and mirror") from None
+            error: Exception = exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            error = exc
+        time.sleep(min(0.2 * 2**attempt, 10.0))
+    raise KilnError(f"{url}: failed after {attempts} attempts ({error})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print ``[[download.sources]]`` for Wikipedia dumps: ``python -m tasks.download zh:20240601 en:20240601``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dumps", nargs="+", help="LANGUAGE[:DATE], DATE as YYYYMMDD or 'latest'")
+    parser.add_argument("--mirror", default=WIKIMEDIA_DUMPS)
+    parser.add_argument("--single-stream", action="store_true", help="pages-articles instead of multistream")
+    args = parser.parse_args(argv)
+    for item in args.dumps:
+        language, _, date = item.partition(":")
+        specs = wikipedia_sources(language, date or "latest", multistream=not args.single_stream, mirror=args.mirror)
+        print(sources_toml(specs))
+
+
+
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=[], retries=2, key_config=key_config))
 def download_task(cfg: DownloadConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: retried, cached by artifact key."""
     return download(cfg, ArtifactStore(store_root))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,9 +13,14 @@ from pathlib import Path
 from kiln.config import load_config
 from tasks.clean import CleanConfig
 from tasks.download import DownloadConfig
+from tasks.dpo import DPOStageConfig
+from tasks.evaluate import EvaluateConfig
+from tasks.export import ExportConfig
 from tasks.generate import GenerateConfig
 from tasks.pretokenize import PretokenizeConfig
 from tasks.pretrain import PretrainConfig
+from tasks.sft import SFTStageConfig
+from tasks.sft_data import DPODataConfig, SFTDataConfig
 from tasks.tokenizer import TokenizerConfig
 
 
@@ -38,6 +43,16 @@ class PipelineConfig:
     pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    sft_download: DownloadConfig | None = None
+    """Instruction data (alpaca, BELLE, firefly, ShareGPT files); without it SFT and DPO are skipped."""
+    sft_data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    dpo_download: DownloadConfig | None = None
+    """Preference pairs ``{prompt, chosen, rejected}``; without it DPO is skipped."""
+    dpo_data: DPODataConfig = field(default_factory=DPODataConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
