@@ -3,6 +3,8 @@
     kiln run configs/demo.toml                 # the whole DAG (finished stages are cached)
     kiln run configs/demo.toml --until clean   # a stage and what it depends on
     kiln run configs/demo.toml -s pretrain.steps=50 -s tokenizer.vocab_size=4000
+    kiln generate <model artifact> "The history of"      # sample from a trained model (KV cache, streamed)
+    kiln chat <sft or dpo artifact>                       # interactive chat
     kiln artifacts ls | show <stage>/<key> | gc [--keep-runs N] [--yes]
 
 Prefect is imported only by ``run``, so artifact commands stay fast. A
@@ -34,6 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", default="all", help="run only this stage and what it needs (default: all)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary (states, artifacts) as JSON")
 
+    run.add_argument("--dask-address", metavar="HOST:PORT",
+                     help="run the data stages on an existing Dask cluster (sets clean/pretokenize dask_address)")
+
+    for name, text in (("generate", "complete a prompt with a trained model"), ("chat", "talk to a model")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("model", help="a model artifact directory (pretrain/sft/dpo), its final/, or an HF export")
+        if name == "generate":
+            p.add_argument("prompt")
+            p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+        p.add_argument("--system", default="", help="system prompt (chat template)")
+        p.add_argument("--max-new-tokens", type=int, default=128)
+        p.add_argument("--temperature", type=float, default=0.8)
+        p.add_argument("--top-k", type=int, default=50)
+        p.add_argument("--top-p", type=float, default=None)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--device", default="cpu")
+
     arts = sub.add_parser("artifacts", help="inspect and clean the artifact store")
     arts_sub = arts.add_subparsers(dest="action", required=True)
     arts_sub.add_parser("ls", help="list artifacts")
@@ -53,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command in ("generate", "chat"):
+            return _use_model(args)
         return _artifacts(args)
     except KilnError as exc:
         print(f"kiln: error: {exc}", file=sys.stderr)
@@ -65,6 +86,8 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from tasks.pipeline_config import load_pipeline_config
 
+    if args.dask_address:
+        args.overrides += [f"clean.dask_address={args.dask_address}", f"pretokenize.dask_address={args.dask_address}"]
     load_pipeline_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
 
     from flows.pipeline import pipeline
@@ -82,6 +105,19 @@ def _run(args: argparse.Namespace) -> int:
             print(f"eval {name}: {value:.4f}")
     for sample in summary.get("samples", []):
         print(f"\nprompt: {sample['prompt']!r}\nsample: {sample['text']}")
+    return 0
+
+
+def _use_model(args: argparse.Namespace) -> int:
+    from kiln.chat import chat_loop, generate_text
+
+    sampling = {"system_prompt": args.system, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "device": args.device}
+    if args.command == "chat":
+        chat_loop(args.model, **sampling)
+    else:
+        generate_text(args.model, args.prompt, chat=args.chat, stream=sys.stdout, **sampling)
+        print()
     return 0
 
 
