@@ -14,12 +14,17 @@ without Prefect, and "is this stage done?" must have one answer whoever asks.
   exists complete or not at all.
 - An exclusive lock per key means two runs of the same stage never write the same
   artifact at once; the second finds the first's result.
+- A root that is an fsspec URL (``s3://bucket/kiln``) opens a `storage.remote.RemoteArtifactStore`:
+  stages still build into a local directory (memmaps, sentencepiece and torchrun need
+  POSIX paths), which is then uploaded, manifest last; refs carry the URL and
+  `ArtifactRef.path` downloads an artifact into the local cache the first time it is read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -42,6 +47,9 @@ UNITS_DIR = ".units"
 BUILD_ID_FILE = ".build-id"
 DEFAULT_ROOT = "kiln-artifacts"
 RUNS_LOG = "runs.jsonl"
+# In the local cache directory of a remote store: the store's URL. Tasks receive
+# ``str(store.root)``, and this marker makes ``ArtifactStore(that path)`` the remote store again.
+REMOTE_MARKER = ".kiln-remote"
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,12 @@ class ArtifactRef:
 
     @property
     def path(self) -> Path:
+        """A local directory holding the artifact; for a remote URI, its copy in the local cache
+        (downloaded and verified on first use, so stages keep reading plain files)."""
+        if is_remote_url(self.uri):
+            from storage.remote import materialize
+
+            return materialize(self)
         return Path(self.uri)
 
     def __str__(self) -> str:
@@ -82,9 +96,44 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def is_remote_url(root: str | os.PathLike | None) -> bool:
+    """Whether `root` names an fsspec filesystem other than the local one (``s3://``, ``gs://``, …)."""
+    if root is None or isinstance(root, Path):
+        return False
+    scheme, sep, _ = str(root).partition("://")
+    return bool(sep) and scheme.isidentifier() and scheme not in ("file", "local")
+
+
+def default_location() -> str:
+    """``$KILN_HOME`` if set (a path or a URL), else ``./kiln-artifacts``."""
+    return os.environ.get("KILN_HOME") or DEFAULT_ROOT
+
+
 def default_root() -> Path:
-    """``$KILN_HOME`` if set, else ``./kiln-artifacts``."""
-    return Path(os.environ.get("KILN_HOME", DEFAULT_ROOT)).resolve()
+    """The local directory of the default store: ``$KILN_HOME`` (or its cache, for a URL), else ``./kiln-artifacts``."""
+    location = default_location()
+    if is_remote_url(location):
+        from storage.remote import cache_dir_for
+
+        return cache_dir_for(location)
+    return _local_path(location)
+
+
+def _local_path(root: str | os.PathLike) -> Path:
+    text = str(root)
+    return Path(text.removeprefix("file://") if text.startswith("file://") else text).resolve()
+
+
+def build_error(partial: Path, exc: OSError) -> KilnError:
+    """One line for an OSError escaping a stage: a full or read-only disk names the file (else the build
+    directory) being written; a failure on any other file (an input that is unreadable or missing) names it."""
+    where = Path(exc.filename) if exc.filename else partial
+    if where.is_relative_to(partial):
+        return disk_error(where, exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # e.g. shutil.copyfile names its source
+        return disk_error(partial, exc)
+    reason = exc.strerror or type(exc).__name__
+    return KilnError(f"{where}: cannot read ({reason}); check that the stage's input exists and is readable")
 
 
 @dataclass
@@ -111,10 +160,32 @@ class Build:
 
 
 class ArtifactStore:
-    """Local-filesystem artifact store rooted at `root`."""
+    """Local-filesystem artifact store rooted at `root`.
+
+    ``ArtifactStore(url)`` with an fsspec URL, or with the local cache directory of one
+    (which is what ``str(store.root)`` hands to tasks), returns a `RemoteArtifactStore`.
+    """
+
+    def __new__(cls, root: str | os.PathLike | None = None) -> ArtifactStore:
+        if cls is ArtifactStore:
+            location = default_location() if root is None else root
+            if is_remote_url(location) or (Path(str(location)) / REMOTE_MARKER).is_file():
+                from storage.remote import RemoteArtifactStore
+
+                return super().__new__(RemoteArtifactStore)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root).resolve() if root else default_root()
+        self.root = _local_path(root) if root else default_root()
+
+    def __getnewargs__(self) -> tuple[str]:
+        # Unpickling calls __new__ with these, so a store comes back as the same kind of store.
+        return (self.location,)
+
+    @property
+    def location(self) -> str:
+        """Where the artifacts live, as given to the constructor: a local path or a URL."""
+        return str(self.root)
 
     # -- locations -----------------------------------------------------------
     def final_dir(self, stage: str, key: str) -> Path:
@@ -167,6 +238,10 @@ class ArtifactStore:
         ref = self.get(stage, key)
         if ref is not None:
             return str(self.manifest(ref).get("build_id", "none"))
+        return self._partial_token(stage, key)
+
+    def _partial_token(self, stage: str, key: str) -> str:
+        """The build token of the (possibly killed) partial build of `key`, created on first use."""
         partial = self.partial_dir(stage, key)
         token_file = partial / BUILD_ID_FILE
         if token_file.exists():
@@ -229,7 +304,7 @@ class ArtifactStore:
                 work(build)
                 self._finalize(build, code_version, config, inputs, time.monotonic() - started)
             except OSError as exc:
-                raise disk_error(partial, exc) from exc
+                raise build_error(partial, exc) from exc
         ref = self.get(stage, key)
         if ref is None:
             raise KilnError(f"{self.final_dir(stage, key)}: stage {stage} finished but left no valid artifact")
@@ -245,7 +320,7 @@ class ArtifactStore:
         files = {
             str(p.relative_to(build.dir)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(build.dir.rglob("*"))
-            if p.is_file() and p.name != MANIFEST
+            if p.is_file() and p != build.dir / MANIFEST
         }
         manifest = {
             "stage": build.stage,
@@ -270,14 +345,18 @@ class ArtifactStore:
     # -- run log and garbage collection -----------------------------------------
     def record_run(self, label: str, refs: dict[str, ArtifactRef]) -> None:
         """Append the artifacts a pipeline run used to ``runs.jsonl`` (what gc keeps)."""
-        entry = {
+        entry = self._run_entry(label, refs)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock("", "runs"), open(self.root / RUNS_LOG, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    @staticmethod
+    def _run_entry(label: str, refs: dict[str, ArtifactRef]) -> dict[str, Any]:
+        return {
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "label": label,
             "artifacts": {stage: f"{ref.stage}/{ref.key}" for stage, ref in refs.items()},
         }
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock("", "runs"), open(self.root / RUNS_LOG, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
 
     def recent_runs(self, n: int) -> list[dict[str, Any]]:
         """The last `n` entries of the run log, oldest first."""
@@ -287,7 +366,7 @@ class ArtifactStore:
         lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         return [json.loads(ln) for ln in lines[-n:]] if n > 0 else []
 
-    def gc(self, keep: set[str], *, dry_run: bool = False) -> list[Path]:
+    def gc(self, keep: set[str], *, dry_run: bool = False) -> Sequence[Path | str]:
         """Delete artifacts whose ``stage/key`` is not in `keep`, plus abandoned partial builds."""
         doomed = [
             p
