@@ -22,5 +22,5 @@ demo: install-demo
 
 test: install-test
 	$(BIN)/ruff check .
-	$(BIN)/pyright
+	$(BIN)/pyright --pythonpath $(BIN)/python
 	$(BIN)/python -m pytest -q

@@ -25,7 +25,7 @@ from kiln.errors import KilnError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kiln", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="kiln", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--root", help="artifact store root (default: $KILN_HOME or ./kiln-artifacts)")
     sub = parser.add_subparsers(dest="command", required=True)
 

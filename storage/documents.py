@@ -38,7 +38,7 @@ def write_documents(path: str | Path, docs: Iterable[dict[str, Any]], engine: En
     with atomic_path(path) as tmp:
         if engine == "pyarrow":
             # Fixed writer settings so equal content gives equal bytes (resume and worker-count checks rely on it).
-            pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=["source"])
+            pq.write_table(table, tmp, compression="zstd", write_statistics=False, use_dictionary=["source"])  # pyright: ignore[reportArgumentType]
         elif engine == "fastparquet":
             _write_fastparquet(table, tmp)
         else:
@@ -51,7 +51,7 @@ def _write_fastparquet(table: pa.Table, path: Path) -> None:
         import fastparquet
     except ImportError:
         raise KilnError("fastparquet is not installed: pip install fastparquet, or use engine 'pyarrow'") from None
-    fastparquet.write(str(path), table.to_pandas(), compression="ZSTD", stats=False)
+    fastparquet.write(str(path), table.to_pandas(), compression="ZSTD", stats=False)  # pyright: ignore[reportArgumentType]
 
 
 def iter_documents(

@@ -152,7 +152,7 @@ class SFTConfig:
 
 
 def parse_args(argv: list[str] | None, cls: type, prog: str) -> Any:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--config", help="TOML or JSON config file (configs/sft/*.toml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 run.steps=50")
     args = parser.parse_args(argv)
@@ -192,7 +192,7 @@ def build_finetune_model(cfg: SFTConfig, dist: DistEnv) -> tuple[nn.Module, Llam
     if dist.mode == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        set_model_state_dict(model, cast(Any, state), options=StateDictOptions(full_state_dict=True, strict=False))
     else:
         missing, unexpected = raw.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith((".lora_A", ".lora_B"))]
@@ -412,7 +412,7 @@ def chat_val_loss(model: nn.Module, dataset: ChatDataset, cfg: SFTConfig, dist: 
     """Mean loss per assistant token over the first `run.val_batches` val micro-batches of every rank."""
     model.eval()
     total = torch.zeros(2, device=dist.device)  # (summed loss, target tokens)
-    for x, y, docs in val_batches(cast(Any, dataset), cfg.data.micro_batch_size, cfg.run.val_batches,
+    for x, y, docs in cast(Any, val_batches)(cast(Any, dataset), cfg.data.micro_batch_size, cfg.run.val_batches,
                                   rank=dist.rank, world_size=dist.world_size):
         x, y = x.to(dist.device), y.to(dist.device)
         with autocast_context(dist, cfg.run):
