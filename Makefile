@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README): `make demo` and `make test`.
-# Each creates .venv, installs Kiln from this checkout, then runs.
+# Each creates .venv, installs Kiln from this checkout with an extra, then runs.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,9 +13,13 @@ TORCH ?= torch==2.13.0
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-install-%: $(BIN)/python
+install-demo: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[$*]"
+	$(BIN)/python -m pip install -q -e ".[demo]"
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
 
 demo: install-demo
 	$(BIN)/kiln run configs/demo.toml
