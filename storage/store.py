@@ -168,12 +168,12 @@ class ArtifactStore:
 
     def __new__(cls, root: str | os.PathLike | None = None) -> ArtifactStore:
         if cls is ArtifactStore:
-            location = default_location() if root is None else root
+            location = root or default_location()
             if is_remote_url(location) or (Path(str(location)) / REMOTE_MARKER).is_file():
                 from storage.remote import RemoteArtifactStore
 
-                return super().__new__(RemoteArtifactStore)
-        return super().__new__(cls)
+                return object.__new__(RemoteArtifactStore)
+        return object.__new__(cls)
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = _local_path(root) if root else default_root()
