@@ -126,7 +126,7 @@ class DagResult:
 def run_dag(config: str, overrides: Sequence[str] = (), until: str = "all") -> DagResult:
     """Run the stages `until` needs (call from inside a flow); records the run for `kiln artifacts gc`."""
     cfg = load_pipeline_config(config, overrides)
-    root = str(ArtifactStore(cfg.store.root or None).root)
+    root = ArtifactStore(cfg.store.root or None).location  # a URL for object stores, so remote workers agree
     result = DagResult()
     for stage in plan(cfg, until):
         state = STEPS[stage].call(cfg, result.refs, root)

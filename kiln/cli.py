@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.root:
-        os.environ["KILN_HOME"] = str(Path(args.root).resolve())
+        from storage.store import is_remote_url
+
+        os.environ["KILN_HOME"] = args.root if is_remote_url(args.root) else str(Path(args.root).resolve())
     try:
         if args.command == "run":
             return _run(args)

@@ -16,12 +16,13 @@ class identity may differ from the originals. So:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
-from storage.store import ArtifactRef, ArtifactStore, artifact_key
+from storage.store import MANIFEST, ArtifactRef, ArtifactStore, artifact_key
 
 
 @dataclasses.dataclass
@@ -74,3 +75,17 @@ def stage_task_options(
         "retries": retries,
         "retry_delay_seconds": 5 if retries else 0,
     }
+
+
+def reported(stage: str, ref: ArtifactRef) -> ArtifactRef:
+    """Publish a finished stage's Prefect artifacts (counts/sizes/timings table, loss curve); pass `ref` on.
+
+    Called by the task wrappers only: outside a Prefect run the publishers do nothing.
+    """
+    from tasks.report import publish_image, publish_stage_report
+
+    manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
+    publish_stage_report(stage, ref, manifest)
+    if "loss.png" in manifest.get("files", {}):
+        publish_image(stage, ref.path / "loss.png")
+    return ref

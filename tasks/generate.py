@@ -27,7 +27,7 @@ from kiln.tokenizer import Tokenizer
 from model import generate as generate_ids
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build
-from tasks.common import stage_task_options
+from tasks.common import reported, stage_task_options
 from trainer.checkpoint import load_final
 
 STAGE = "generate"
@@ -77,7 +77,7 @@ def generate(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateCo
 def generate_task(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return generate(model_ref, tokenizer_ref, cfg, ArtifactStore(store_root))
+    return reported(STAGE, generate(model_ref, tokenizer_ref, cfg, ArtifactStore(store_root)))
 
 
 def sample_texts(model_dir: Path, tok: Tokenizer, cfg: GenerateConfig) -> list[dict[str, Any]]:

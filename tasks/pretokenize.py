@@ -56,7 +56,7 @@ from storage.atomic import atomic_write_text
 from storage.documents import doc_shards
 from storage.store import ArtifactRef, ArtifactStore, Build
 from storage.token_shards import TokenShardWriter
-from tasks.common import stage_task_options
+from tasks.common import reported, stage_task_options
 
 STAGE = "pretokenize"
 CODE_VERSION = "1"
@@ -104,7 +104,7 @@ def pretokenize(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfi
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["docs", "tokenizer"]))
 def pretokenize_task(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key (see tasks.common)."""
-    return pretokenize(docs, tokenizer, cfg, ArtifactStore(store_root))
+    return reported(STAGE, pretokenize(docs, tokenizer, cfg, ArtifactStore(store_root)))
 
 
 def is_val(doc_id: str, fraction: float) -> bool:

@@ -47,7 +47,7 @@ from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build
 from storage.token_shards import list_shards
-from tasks.common import stage_task_options
+from tasks.common import reported, stage_task_options
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
 from trainer.config import (
     CheckpointSection,
@@ -123,7 +123,7 @@ def pretrain(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, s
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["tokens", "tokenizer"]))
 def pretrain_task(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
-    return pretrain(tokens, tokenizer, cfg, ArtifactStore(store_root))
+    return reported(STAGE, pretrain(tokens, tokenizer, cfg, ArtifactStore(store_root)))
 
 
 def _train_into(build: Build, tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig) -> None:

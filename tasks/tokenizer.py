@@ -54,7 +54,7 @@ from kiln.tokenizer import (
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.documents import doc_shards, iter_documents
 from storage.store import ArtifactRef, ArtifactStore, Build, sha256_file
-from tasks.common import stage_task_options
+from tasks.common import reported, stage_task_options
 
 STAGE = "tokenizer"
 CODE_VERSION = "1"
@@ -187,7 +187,7 @@ def train_tokenizer(docs: ArtifactRef, cfg: TokenizerConfig, store: ArtifactStor
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["docs"]))
 def tokenizer_task(docs: ArtifactRef, cfg: TokenizerConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key (see tasks.common)."""
-    return train_tokenizer(docs, cfg, ArtifactStore(store_root))
+    return reported(STAGE, train_tokenizer(docs, cfg, ArtifactStore(store_root)))
 
 
 def _build_into(build: Build, docs: ArtifactRef, cfg: TokenizerConfig) -> None:
