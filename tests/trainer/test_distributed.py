@@ -76,3 +76,19 @@ def test_single_process_fsdp_runs_without_torchrun(pattern_data, tmp_path):
     assert (checkpoint_path(tmp_path, 4) / "dcp" / ".metadata").is_file()
     assert not torch.distributed.is_initialized()  # the group is torn down after the run
     assert len(train_losses(tmp_path)) == 4 and (tmp_path / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_on_a_different_number_of_processes(pattern_data, tmp_path):
+    """A run sharded over 2 ranks resumes on 1 (DCP reshards on load); the global batch, and so the
+    next step's loss, does not depend on the world size because grad_accum_steps counts across ranks."""
+    args = train_args(pattern_data, tmp_path, *short("run.parallel=fsdp", "data.grad_accum_steps=2"))
+    first = torchrun(args, env={STOP_ENV: "3"})
+    assert first.returncode != 0 and f"{STOP_ENV}=3" in first.stdout, first.stderr[-3000:]
+    step3_on_two = train_losses(tmp_path)[2]
+
+    second = torchrun(args, nproc=1)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "step-00000002" in second.stdout
+    losses = train_losses(tmp_path)
+    assert len(losses) == 4 and losses[2] == pytest.approx(step3_on_two, rel=1e-5)
