@@ -1,182 +1,268 @@
-"""Clean stage: MediaWiki XML dumps → plain-text articles in Parquet shards.
+"""Clean stage: Wikipedia dumps, WuDao, The Pile and JSON lines → filtered, deduplicated Parquet shards.
 
-Streams each dump (bz2 is decompressed on the fly, never to disk, and pages are
-parsed one at a time), keeps main-namespace articles, skips redirects, strips
-markup (`tasks.text.wikitext`), for Chinese removes language-variant markup and
-converts traditional to simplified, drops documents that are too short or
-exact duplicates (each drop counted with its reason), and writes shards of
-``docs_per_shard`` documents with the schema of `storage.documents`.
+    ref = clean(raw, CleanConfig(language="zh", inputs=("s3://corpus/wudao/*.json",)), store)
 
-Each input file is one unit of work: a killed stage resumes with the files not
-yet finished, and shard names follow input order, so the output is the same
-whatever interrupted it.
+Inputs are the download artifact's ``files/`` plus `CleanConfig.inputs` (fsspec paths or
+globs read in place; their size and mtime/ETag are part of the artifact key). The work runs
+in three phases, each split into units marked done one by one in the build directory, so
+a killed stage reruns only what is missing and writes byte-identical shards:
+
+1. clean + filter (`tasks.text.pipeline.run_unit`), one unit per input file or per group
+   of bz2 streams of a multistream dump, in parallel: intermediate chunks with each
+   document's exact hash and MinHash signature;
+2. dedup (`tasks.text.assemble.plan_dedup`), in this process: exact and near-duplicate
+   removal across all sources in input order, and the plan of the final shards;
+3. write the final shards (`tasks.text.assemble.write_shard`), in parallel.
+
+Units run serially or on Dask (`tasks.text.executor`); the result never depends on which,
+nor on the number of workers. The artifact holds ``docs/part-<input>-<k>.parquet``,
+optionally ``jsonl/part-<input>-<k>-<j>.jsonl.zst``, and ``report.json`` + ``report.md``
+(per source: documents and characters in and out, drops by reason); the manifest's
+``counts`` hold the totals. `clean_task` also publishes the report in the Prefect UI.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
+import shutil
 import time
-import unicodedata
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import quote
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 
+from kiln.config import canonical_dict, runtime_field
 from kiln.errors import KilnError
-from storage.documents import doc_shard_name, write_documents
+from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build
-from tasks.common import stage_task_options
+from tasks.common import reported, stage_task_options
 from tasks.download import FILES_DIR
-from tasks.text.mediawiki import iter_pages
-from tasks.text.wikitext import WikitextOptions, clean_wikitext
+from tasks.report import artifact_key, progress
+from tasks.text import assemble, pipeline
+from tasks.text.clean_report import REPORT_JSON, REPORT_MD, build_report, flat_counts, to_json, to_markdown
+from tasks.text.dedup import lsh_params
+from tasks.text.executor import choose_engine, open_runner
+from tasks.text.filters import FilterConfig
+from tasks.text.units import Unit, discover_inputs, input_fingerprints, plan_units, unit_from_dict, unit_to_dict
+from tasks.text.wikitext import WikitextOptions
 
 STAGE = "clean"
-CODE_VERSION = "1"
-WIKI_SUFFIXES = (".xml", ".xml.bz2", ".xml.gz", ".bz2")
+CODE_VERSION = "2"
+WORK_DIR = ".work"  # intermediates; deleted before the artifact is finalized
+MB = 1 << 20
 log = logging.getLogger("kiln.clean")
 
 
 @dataclass(frozen=True)
 class CleanConfig:
-    """How raw dumps become documents."""
+    """How raw dumps and corpora become filtered, deduplicated documents."""
 
     language: str = "en"
-    """Wiki language code: names the source (``wiki-<language>``), builds URLs; ``zh`` turns on
-    variant-markup removal and traditional→simplified conversion."""
+    """Wiki language of dumps whose file name does not say it (``zhwiki-…`` says ``zh``); ``zh*``
+    turns on variant-markup removal and traditional→simplified conversion."""
     keep_headings: bool = True
     """Keep section headings as plain lines (they help a model learn document structure)."""
-    min_chars: int = 200
-    """Documents with fewer characters after cleaning are dropped (stubs, lists of links)."""
+    min_chars: int | None = None
+    """Shorthand for ``filters.min_chars`` (configs/demo.toml sets it here); when given it replaces that."""
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    """Quality filters; every dropped document is counted with its reason."""
     dedup: bool = True
-    """Drop documents whose normalized text equals an earlier one's."""
-    docs_per_shard: int = 5000
-    """Documents per Parquet shard (small shards parallelize, large ones read faster)."""
+    """Drop exact duplicates across all sources (same text after NFKC, case folding, punctuation and spacing)."""
+    near_dedup: bool = True
+    """Also drop near duplicates (MinHash LSH over word 5-grams, or character 5-grams for Chinese)."""
+    near_dedup_threshold: float = 0.8
+    """Estimated Jaccard similarity at which two documents are near duplicates."""
+    num_perm: int = 128
+    """MinHash permutations (signature length)."""
+    inputs: tuple[str, ...] = ()
+    """Extra inputs read in place: local paths, directories, globs or fsspec URLs (``s3://…/*.jsonl.zst``)."""
+    pile_sets: tuple[str, ...] = ()
+    """The Pile subsets to keep (``meta.pile_set_name``, e.g. ``"Wikipedia (en)"``); empty keeps all."""
+    jsonl_text_key: str = "text"
+    """Field holding the text in generic JSON-lines inputs."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """A malformed record: fail naming file and position, or skip it and count it in the report."""
+    docs_per_shard: int = 100_000
+    """At most this many documents per output shard."""
+    shard_mb: float = 64.0
+    """Target UTF-8 text per output shard in MiB (a shard closes once it reaches this); Parquet is ~3x smaller."""
     parquet_engine: Literal["pyarrow", "fastparquet"] = "pyarrow"
     """Parquet writer; both write the same schema."""
+    jsonl_zst: bool = False
+    """Also write Open-Llama-style ``jsonl/*.jsonl.zst`` files (one JSON document per line)."""
+    jsonl_lines: int = 16384
+    """Lines per ``.jsonl.zst`` file (Open-Llama uses 16384)."""
+    engine: Literal["auto", "dask", "serial"] = runtime_field("auto")
+    """``auto``: Dask for inputs of ``serial_below_mb`` or more (or with ``dask_address``), else in process."""
+    workers: int = runtime_field(0)
+    """Local Dask worker processes; 0 = one per CPU this process may use."""
+    dask_address: str = runtime_field("")
+    """An existing Dask scheduler (``tcp://host:8786``); its workers must see the artifact store's path."""
+    serial_below_mb: float = runtime_field(16.0)
+    """Inputs smaller than this (compressed MiB) run in process: a local cluster's start-up costs 2-3 s."""
+    streams_per_unit: int = runtime_field(100)
+    """bz2 streams (100 pages each) per unit of a multistream dump; set on a stage's first run."""
 
     def __post_init__(self) -> None:
-        if self.min_chars < 0:
-            raise KilnError(f"clean.min_chars must be >= 0, got {self.min_chars}")
-        if self.docs_per_shard < 1:
-            raise KilnError(f"clean.docs_per_shard must be >= 1, got {self.docs_per_shard}")
+        if self.min_chars is not None:
+            if self.min_chars < 0:
+                raise KilnError(f"clean.min_chars must be >= 0, got {self.min_chars}")
+            object.__setattr__(self, "filters", replace(self.filters, min_chars=self.min_chars))
+        for name in ("docs_per_shard", "jsonl_lines", "num_perm", "streams_per_unit"):
+            if getattr(self, name) < 1:
+                raise KilnError(f"clean.{name} must be >= 1, got {getattr(self, name)}")
+        if self.shard_mb <= 0 or self.workers < 0 or self.serial_below_mb < 0:
+            raise KilnError("clean.shard_mb must be > 0, clean.workers and clean.serial_below_mb >= 0")
+        if not 0 < self.near_dedup_threshold <= 1:
+            raise KilnError(f"clean.near_dedup_threshold must be in (0, 1], got {self.near_dedup_threshold}")
+        if self.near_dedup:
+            lsh_params(self.num_perm, self.near_dedup_threshold)  # raises if no banding fits
         if not self.language.isascii() or not self.language.replace("-", "").isalnum():
             raise KilnError(f"clean.language {self.language!r}: use a wiki language code such as 'en' or 'zh'")
 
 
+def key_config(cfg: CleanConfig) -> dict[str, Any]:
+    """What the artifact key hashes: the config plus a fingerprint of every file `inputs` names."""
+    data = canonical_dict(cfg)
+    if cfg.inputs:
+        data["input_fingerprints"] = [list(pair) for pair in input_fingerprints(cfg.inputs)]
+    return data
+
+
 def clean(raw: ArtifactRef, cfg: CleanConfig, store: ArtifactStore) -> ArtifactRef:
-    """Turn the dumps in a download artifact into Parquet document shards."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [raw], lambda build: _clean_into(build, raw, cfg))
-
-
-def input_files(raw: ArtifactRef) -> list[Path]:
-    """The dump files of a download artifact, in name order; unknown formats are an error."""
-    files = sorted((raw.path / FILES_DIR).glob("*"))
-    if not files:
-        raise KilnError(f"{raw.path / FILES_DIR}: no input files; check the download stage's sources")
-    for f in files:
-        if not f.name.endswith(WIKI_SUFFIXES):
-            raise KilnError(f"{f}: unsupported input format; the clean stage reads MediaWiki .xml/.xml.bz2 dumps")
-    return files
+    """Turn the files of a download artifact (plus `cfg.inputs`) into filtered, deduplicated document shards."""
+    return store.produce(STAGE, CODE_VERSION, key_config(cfg), [raw], lambda build: _clean_into(build, raw, cfg))
 
 
 def _clean_into(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> None:
-    totals: Counter[str] = Counter()
-    started = time.monotonic()
-    for i, path in enumerate(input_files(raw)):
-        unit = f"file-{i:04d}"
-        if not build.unit_done(unit):
-            stats = _clean_file(build, i, path, cfg)
-            build.mark_done(unit, stats)
-        totals.update(build.unit_info(unit))
-    build.counts.update(dict(sorted(totals.items())))
-    build.extra["report"] = _report(totals, time.monotonic() - started)
-    log.info("clean: %d articles in, %d documents out", totals["articles"], totals["documents"])
+    work = build.dir / WORK_DIR
+    run: dict[str, Any] = {}
+    if not build.unit_done("report"):
+        units = _units(build, raw, cfg)
+        input_bytes = sum({u.input.index: u.input.size for u in units}.values())
+        engine = choose_engine(cfg.engine, cfg.dask_address, input_bytes, int(cfg.serial_below_mb * MB), len(units))
+        with open_runner(engine, cfg.workers, cfg.dask_address) as runner:
+            started = time.monotonic()
+            dedup = _phase1_and_dedup(build, units, cfg, runner)
+            run["phase12_s"] = round(time.monotonic() - started, 3)
+            _phase3(build, cfg, runner)
+            run["phase3_s"] = round(time.monotonic() - started - run["phase12_s"], 3)
+            run.update(engine=engine, workers=runner.workers, **_unit_seconds(build, units))
+        _write_report(build, units, dedup, cfg)
+    shutil.rmtree(work, ignore_errors=True)
+    for stray in build.dir.rglob(".*.tmp"):  # temp files of writes a kill interrupted
+        stray.unlink()
+    report = json.loads((build.dir / REPORT_JSON).read_text(encoding="utf-8"))
+    build.counts.update(flat_counts(report))
+    build.extra["run"] = run  # timings live in the manifest, never in the data or report files
+    log.info("clean: %d documents in, %d out", report["total"]["docs_in"], report["total"]["docs_out"])
 
 
-def _clean_file(build: Build, file_index: int, path: Path, cfg: CleanConfig) -> dict[str, int]:
-    """Clean one dump into shards ``part-<file>-<shard>``; returns its counts."""
-    stats: Counter[str] = Counter()
-    shard: list[dict[str, Any]] = []
-    n_shards = 0
-    for doc in _documents(path, cfg, stats):
-        shard.append(doc)
-        if len(shard) == cfg.docs_per_shard:
-            write_documents(build.dir / doc_shard_name(file_index, n_shards), shard, cfg.parquet_engine)
-            n_shards, shard = n_shards + 1, []
-    if shard:
-        write_documents(build.dir / doc_shard_name(file_index, n_shards), shard, cfg.parquet_engine)
-        n_shards += 1
-    stats["shards"] = n_shards
-    return dict(stats)
+def _units(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> list[Unit]:
+    """The unit split, made on the first attempt and reused by resumed ones (so it never shifts)."""
+    path = build.dir / WORK_DIR / "units.json"
+    if path.exists():
+        return [unit_from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
+    local = [p for p in (raw.path / FILES_DIR).glob("*") if p.is_file() and not p.name.startswith(".")]
+    inputs = discover_inputs(local, cfg.inputs, cfg.language)
+    if not inputs:
+        raise KilnError(f"{raw.path / FILES_DIR}: no input files; check download.sources or clean.inputs")
+    units = plan_units(inputs, cfg.streams_per_unit)
+    atomic_write_text(path, json.dumps([unit_to_dict(u) for u in units]))
+    return units
 
 
-def _documents(path: Path, cfg: CleanConfig, stats: Counter[str]) -> Iterator[dict[str, Any]]:
-    """Cleaned, filtered documents of one dump, counting every drop by reason."""
-    options = WikitextOptions(keep_headings=cfg.keep_headings)
-    seen: set[bytes] = set()
-    source = f"wiki-{cfg.language}"
-    for page in iter_pages(path):
-        stats["articles"] += 1
-        stats["chars_in"] += len(page.text)
-        text = _to_plain(page.text, cfg, options)
-        if len(text) < cfg.min_chars:
-            stats["dropped_too_short"] += 1
-            continue
-        if cfg.dedup:
-            digest = hashlib.blake2b(_normalize(text).encode("utf-8"), digest_size=16).digest()
-            if digest in seen:
-                stats["dropped_duplicate"] += 1
-                continue
-            seen.add(digest)
-        stats["documents"] += 1
-        stats["chars_out"] += len(text)
-        title = _to_plain_title(page.title, cfg)
-        yield {
-            "id": f"{source}/{page.id}",
-            "source": source,
-            "title": title,
-            "text": text,
-            "url": f"https://{cfg.language}.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
-            "meta": {"page_id": page.id, "revision_id": page.revision_id, "file": path.name},
-        }
+def _phase1_and_dedup(build: Build, units: list[Unit], cfg: CleanConfig, runner: Any) -> dict[str, Any]:
+    """Clean every unit not yet done, then dedup over all of them (once)."""
+    if build.unit_done("dedup"):
+        return build.unit_info("dedup")
+    work = build.dir / WORK_DIR
+    settings = pipeline.UnitSettings(
+        filters=cfg.filters,
+        wikitext=WikitextOptions(keep_headings=cfg.keep_headings),
+        pile_sets=cfg.pile_sets,
+        text_key=cfg.jsonl_text_key,
+        on_error=cfg.on_error,
+        exact_hash=cfg.dedup,
+        num_perm=cfg.num_perm if cfg.near_dedup else 0,
+    )
+    jobs = [
+        (u.name, (u, settings, str(assemble.unit_dir(work, u.name))))
+        for u in units
+        if not build.unit_done(f"p1-{u.name}")
+    ]
+    log.info("clean: %d of %d units to clean", len(jobs), len(units))
+    done = [len(units) - len(jobs)]
+
+    def finished(name: str, info: dict[str, Any]) -> None:
+        _done(build, f"p1-{name}", info)
+        done[0] += 1
+        progress(STAGE, done[0] / len(units))  # the Prefect UI's progress bar; a no-op outside a run
+
+    runner.run(pipeline.run_unit, jobs, finished)
+    chunks = {u.name: build.unit_info(f"p1-{u.name}")["chunks"] for u in units}
+    dedup = assemble.plan_dedup(units, chunks, work, _assemble_settings(cfg))
+    build.mark_done("dedup", dedup)
+    return dedup
 
 
-def _to_plain(wikitext: str, cfg: CleanConfig, options: WikitextOptions) -> str:
-    if cfg.language.startswith("zh"):
-        from tasks.text.chinese import strip_variant_markup, to_simplified
-
-        return to_simplified(clean_wikitext(strip_variant_markup(wikitext), options))
-    return clean_wikitext(wikitext, options)
-
-
-def _to_plain_title(title: str, cfg: CleanConfig) -> str:
-    if cfg.language.startswith("zh"):
-        from tasks.text.chinese import to_simplified
-
-        return to_simplified(title)
-    return title
+def _phase3(build: Build, cfg: CleanConfig, runner: Any) -> None:
+    work = build.dir / WORK_DIR
+    jobs = [
+        (name, args)
+        for name, args in assemble.shard_jobs(work, build.dir, _assemble_settings(cfg))
+        if not build.unit_done(f"p3-{name}")
+    ]
+    runner.run(assemble.write_shard, jobs, lambda name, info: _done(build, f"p3-{name}", info))
 
 
-def _normalize(text: str) -> str:
-    """Text as compared for exact dedup: NFKC, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+def _unit_seconds(build: Build, units: list[Unit]) -> dict[str, float]:
+    """Phase-1 time summed over units (wall and CPU of the cleaning thread): parallel efficiency, per-page cost."""
+    seconds = [build.unit_info(f"p1-{u.name}").get("seconds", {}) for u in units]
+    return {f"phase1_unit_{k}_s": round(sum(s.get(k, 0.0) for s in seconds), 3) for k in ("wall", "cpu")}
 
 
-def _report(totals: Counter[str], elapsed: float) -> str:
-    """A markdown table of what went in and out (shown in the manifest and as a Prefect artifact)."""
-    rows = [(k, totals[k]) for k in ("articles", "documents", "dropped_too_short", "dropped_duplicate",
-                                      "chars_in", "chars_out", "shards")]
-    lines = ["| count | value |", "|---|---:|", *[f"| {k} | {v:,} |" for k, v in rows]]
-    lines.append(f"| seconds | {elapsed:.1f} |")
-    return "\n".join(lines)
+def _done(build: Build, unit: str, info: dict[str, Any]) -> None:
+    build.mark_done(unit, info)
+    log.info("clean: unit %s done (%s documents)", unit, info.get("docs"))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["raw"]))
+def _assemble_settings(cfg: CleanConfig) -> assemble.AssembleSettings:
+    return assemble.AssembleSettings(
+        exact=cfg.dedup,
+        near=cfg.near_dedup,
+        threshold=cfg.near_dedup_threshold,
+        docs_per_shard=cfg.docs_per_shard,
+        shard_bytes=int(cfg.shard_mb * MB),
+        engine=cfg.parquet_engine,
+        jsonl_lines=cfg.jsonl_lines if cfg.jsonl_zst else 0,
+    )
+
+
+def _write_report(build: Build, units: list[Unit], dedup: dict[str, Any], cfg: CleanConfig) -> None:
+    infos = {u.name: build.unit_info(f"p1-{u.name}") for u in units}
+    shards = assemble.planned_shards(build.dir / WORK_DIR)
+    jsonl = sum(-(-docs // cfg.jsonl_lines) for *_, docs in shards) if cfg.jsonl_zst else 0
+    output = {"documents": dedup["documents"], "chars": dedup["chars"], "shards": len(shards), "jsonl_files": jsonl,
+              "units": len(units)}
+    report = build_report(units, infos, dedup, output)
+    atomic_write_text(build.dir / REPORT_JSON, to_json(report))
+    atomic_write_text(build.dir / REPORT_MD, to_markdown(report))
+    build.mark_done("report")
+
+
+@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["raw"], key_config=key_config))
 def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef:
-    """Prefect wrapper: cached by artifact key."""
-    return clean(raw, cfg, ArtifactStore(store_root))
+    """Prefect wrapper: cached by artifact key; publishes the stage card and the per-source report in the UI."""
+    ref = reported(STAGE, clean(raw, cfg, ArtifactStore(store_root)))
+    try:
+        create_markdown_artifact(
+            markdown=(ref.path / REPORT_MD).read_text(encoding="utf-8"),
+            key=artifact_key(STAGE, "sources"),
+            description=f"clean/{ref.key}: documents in and out per source, drops by reason",
+        )
+    except Exception as exc:  # noqa: BLE001 - the artifact is built; a UI decoration must not fail it
+        log.warning("could not publish the clean report artifact: %s: %s", type(exc).__name__, exc)
+    return ref

@@ -1,18 +1,34 @@
-"""Clean stage on the real enwiki/bgwiki samples: counts, markup residue, bad input."""
+"""Clean stage on real and test-written data: wiki samples, zh conversion, WuDao/Pile inputs, dedup, errors, report.
+
+WuDao and Pile files are written here in their exact schemas (DESIGN.md); the wiki data is the
+real enwiki/bgwiki samples from the gensim wheel. Everything runs in process (inputs are far
+below `serial_below_mb`); tests/tasks/test_clean_parallel.py covers Dask, resume and splitting.
+"""
 
 from __future__ import annotations
 
 import bz2
+import json
+import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zstandard
 
+import tasks.clean as clean_module
 from kiln.errors import KilnError
 from storage.documents import DOC_FIELDS, doc_shards, iter_documents
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.clean import CleanConfig, clean
+from tasks.clean import CleanConfig, clean, clean_task, key_config
 from tasks.download import DownloadConfig, SourceSpec, download
+from tasks.pipeline_config import load_pipeline_config
+from tasks.text.filters import FilterConfig
+from tests.conftest import REPO_ROOT
+
+KEEP_ALL = {"filters": FilterConfig.disabled(), "dedup": False, "near_dedup": False}
 
 
 def raw_artifact(store: ArtifactStore, path: Path, name: str = "dump.xml.bz2") -> ArtifactRef:
@@ -27,17 +43,73 @@ def count_articles(path: Path) -> int:
     return sum(1 for p in pages if "<ns>0</ns>" in p and "<redirect" not in p)
 
 
+def docs_of(ref: ArtifactRef) -> list[dict[str, str]]:
+    return list(iter_documents(doc_shards(ref.path)))
+
+
+def write_wudao(path: Path, records: list[Any]) -> Path:
+    """A WuDao file: one JSON array of ``{"id", "dataType", "title", "content"}``."""
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def write_pile(path: Path, records: list[Any], raw_lines: dict[int, str] | None = None) -> Path:
+    """A Pile file: zstd JSON lines ``{"text", "meta": {"pile_set_name"}}``; `raw_lines` replaces lines verbatim."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    for i, line in (raw_lines or {}).items():
+        lines[i] = line
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(data))
+    return path
+
+
+def pile_record(text: str, set_name: str = "Pile-CC") -> dict[str, Any]:
+    return {"text": text, "meta": {"pile_set_name": set_name}}
+
+
+SYLLABLES = ("ka", "lo", "mi", "ter", "san", "dra", "pol", "wen", "ix", "ur", "bel", "tho", "nic", "re", "vu")
+HANZI = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后"
+
+
+def prose(seed: int, words: int = 200) -> str:
+    """Made-up English-like prose: passes the quality filters, shares no 5-grams with other seeds."""
+    rng = random.Random(seed)
+    out = ["".join(rng.choices(SYLLABLES, k=rng.randint(1, 3))) for _ in range(words)]
+    return " ".join(w + ("." if i % 12 == 11 else "") for i, w in enumerate(out))
+
+
+def hanzi_prose(seed: int, chars: int = 300) -> str:
+    """Made-up Chinese text (random common characters, a full stop every 20)."""
+    rng = random.Random(seed)
+    return "".join(c + ("。" if i % 20 == 19 else "") for i, c in enumerate(rng.choices(HANZI, k=chars)))
+
+
+@pytest.fixture
+def tiny_raw(store: ArtifactStore, tmp_path: Path) -> ArtifactRef:
+    """A download artifact with a one-page dump: for tests about the other inputs."""
+    dump = tmp_path / "enwiki-tiny.xml"
+    dump.write_text("<mediawiki><page><title>T</title><ns>0</ns><id>1</id><revision><id>2</id>"
+                    f"<text>{prose(99)}</text></revision></page></mediawiki>", encoding="utf-8")
+    return raw_artifact(store, dump, dump.name)
+
+
 @pytest.fixture(scope="module")
 def cleaned(tmp_path_factory: pytest.TempPathFactory, enwiki_sample: Path) -> tuple[ArtifactStore, ArtifactRef]:
     store = ArtifactStore(tmp_path_factory.mktemp("clean") / "store")
     raw = raw_artifact(store, enwiki_sample)
-    return store, clean(raw, CleanConfig(min_chars=0, dedup=False, docs_per_shard=50), store)
+    return store, clean(raw, CleanConfig(min_chars=0, docs_per_shard=50, **KEEP_ALL), store)
+
+
+@pytest.fixture(scope="module")
+def articles(cleaned) -> dict[str, dict[str, str]]:
+    """The cleaned enwiki sample by title."""
+    return {d["title"]: d for d in docs_of(cleaned[1])}
 
 
 def test_keeps_every_article_and_no_markup(cleaned, enwiki_sample: Path) -> None:
     store, ref = cleaned
-    docs = list(iter_documents(doc_shards(ref.path)))
-    assert len(docs) == count_articles(enwiki_sample) == store.manifest(ref)["counts"]["articles"]
+    docs = docs_of(ref)
+    assert len(docs) == count_articles(enwiki_sample) == store.manifest(ref)["counts"]["docs_in"]
     assert len(doc_shards(ref.path)) == -(-len(docs) // 50)
     titles = {d["title"] for d in docs}
     assert {"Anarchism", "Autism"} <= titles
@@ -47,6 +119,7 @@ def test_keeps_every_article_and_no_markup(cleaned, enwiki_sample: Path) -> None
             assert residue not in d["text"], (d["title"], residue)
     anarchism = next(d for d in docs if d["title"] == "Anarchism")
     assert "political philosophy" in anarchism["text"] and anarchism["url"].endswith("/wiki/Anarchism")
+    assert not list(ref.path.glob(".*")), "intermediates and markers are gone from the artifact"
 
 
 def test_filters_count_their_reasons(cleaned, enwiki_sample: Path) -> None:
@@ -54,19 +127,20 @@ def test_filters_count_their_reasons(cleaned, enwiki_sample: Path) -> None:
     raw = raw_artifact(store, enwiki_sample)
     ref = clean(raw, CleanConfig(min_chars=2000), store)
     counts = store.manifest(ref)["counts"]
-    docs = list(iter_documents(doc_shards(ref.path)))
+    docs = docs_of(ref)
     assert all(len(d["text"]) >= 2000 for d in docs)
     assert counts["documents"] == len(docs)
-    assert counts["documents"] + counts["dropped_too_short"] + counts.get("dropped_duplicate", 0) == counts["articles"]
+    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+    assert counts["documents"] + dropped == counts["docs_in"] == count_articles(enwiki_sample)
     assert counts["dropped_too_short"] > 0
 
 
 def test_bulgarian_sample(store: ArtifactStore, bgwiki_sample: Path) -> None:
-    ref = clean(raw_artifact(store, bgwiki_sample), CleanConfig(language="bg", min_chars=0, dedup=False), store)
-    docs = list(iter_documents(doc_shards(ref.path)))
+    ref = clean(raw_artifact(store, bgwiki_sample), CleanConfig(language="bg", min_chars=0, **KEEP_ALL), store)
+    docs = docs_of(ref)
     assert len(docs) == count_articles(bgwiki_sample)
     assert any(re.search("[а-яА-Я]{5}", d["text"]) for d in docs)
-    assert all(d["url"].startswith("https://bg.wikipedia.org/wiki/") for d in docs)
+    assert all(d["url"].startswith("https://bg.wikipedia.org/wiki/") and d["source"] == "wiki-bg" for d in docs)
 
 
 def test_truncated_bz2_fails_clearly_without_artifact(
@@ -85,10 +159,173 @@ def test_truncated_bz2_fails_clearly_without_artifact(
 def test_unsupported_input_is_named(store: ArtifactStore, tmp_path: Path) -> None:
     other = tmp_path / "data.csv"
     other.write_text("a,b\n")
-    with pytest.raises(KilnError, match="data.csv: unsupported input format"):
+    with pytest.raises(KilnError, match="data.csv: unknown input format"):
         clean(raw_artifact(store, other, name="data.csv"), CleanConfig(), store)
 
 
 def test_bad_clean_config() -> None:
     with pytest.raises(KilnError, match="clean.docs_per_shard"):
         CleanConfig(docs_per_shard=0)
+    with pytest.raises(KilnError, match="near_dedup_threshold"):
+        CleanConfig(near_dedup_threshold=1.5)
+    assert CleanConfig(min_chars=500).filters.min_chars == 500  # the demo's shorthand reaches the filters
+
+
+ZH_PAGE = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" xml:lang="zh">
+<page><title>電腦</title><ns>0</ns><id>42</id><revision><id>7</id><text xml:space="preserve">\
+'''-{zh-hans:计算机; zh-hant:電腦;}-'''是一種利用[[數位電子]]技術的機器。-{H|zh-hans:软件; zh-hant:軟體;}-
+== 歷史 ==
+第一台-{zh-cn:计算机; zh-tw:電腦}-於1946年誕生。{{cite web|title=歷史}}
+</text></revision></page>
+</mediawiki>
+"""
+
+
+def test_chinese_page_is_simplified_without_variant_markup(store: ArtifactStore, tmp_path: Path) -> None:
+    dump = tmp_path / "zhwiki-20240101-pages-articles.xml"
+    dump.write_text(ZH_PAGE, encoding="utf-8")
+    ref = clean(raw_artifact(store, dump, dump.name), CleanConfig(language="en", **KEEP_ALL), store)
+    (doc,) = docs_of(ref)
+    assert doc["source"] == "wiki-zh" and doc["title"] == "电脑"  # the language comes from the dump's name
+    assert doc["url"].startswith("https://zh.wikipedia.org/wiki/")
+    assert doc["text"] == "计算机是一种利用数位电子技术的机器。\n\n历史\n第一台计算机于1946年诞生。"
+
+
+def test_wudao_and_pile_inputs_with_pile_set_filter(store: ArtifactStore, enwiki_sample: Path, tmp_path: Path) -> None:
+    (tmp_path / "wudao").mkdir()
+    wudao = write_wudao(tmp_path / "wudao" / "part-0.json", [
+        {"id": 7, "dataType": "百科", "title": "标题", "content": "中文内容。" * 60},
+        {"id": 8, "dataType": "新闻", "title": "短", "content": "太短"},
+    ])
+    pile = write_pile(tmp_path / "00.jsonl.zst", [
+        pile_record("A pile web page about gardening and soil. " * 10, "Pile-CC"),
+        pile_record("def f():\n    return 1\n" * 30, "Github"),
+        pile_record("An arXiv abstract on lattice models and phase transitions. " * 8, "ArXiv"),
+    ])
+    cfg = CleanConfig(inputs=(str(tmp_path / "wudao" / "*.json"), str(pile)), pile_sets=("Pile-CC", "ArXiv"),
+                      filters=FilterConfig.disabled(min_chars=100))
+    ref = clean(raw_artifact(store, enwiki_sample), cfg, store)
+    docs = docs_of(ref)
+    by_source = {s: [d for d in docs if d["source"] == s] for s in ("wiki-en", "wudao", "pile")}
+    assert [d["id"] for d in by_source["wudao"]] == ["wudao/7"] and by_source["wudao"][0]["title"] == "标题"
+    assert json.loads(by_source["wudao"][0]["meta"]) == {"dataType": "百科", "file": wudao.name}
+    assert [json.loads(d["meta"])["pile_set_name"] for d in by_source["pile"]] == ["Pile-CC", "ArXiv"]
+    report = json.loads((ref.path / "report.json").read_text())
+    assert report["sources"]["pile"]["reader"] == {"filtered_pile_set": 1}
+    assert report["sources"]["wudao"]["dropped"] == {"too_short": 1}
+    assert [r["file"] for r in report["inputs"]] == ["dump.xml.bz2", "part-0.json", "00.jsonl.zst"]
+    assert [p.name for p in doc_shards(ref.path)][-2:] == ["part-0001-00000.parquet", "part-0002-00000.parquet"]
+
+
+def edited(text: str, every: int = 400) -> str:
+    """`text` with every `every`-th word changed: a near duplicate (Jaccard ~0.99 on 5-grams)."""
+    words = text.split(" ")
+    return " ".join(w + "x" if i % every == 0 else w for i, w in enumerate(words))
+
+
+def test_cross_source_exact_and_near_duplicates(store: ArtifactStore, enwiki_sample: Path, articles, tmp_path) -> None:
+    anarchism, autism = articles["Anarchism"]["text"], articles["Autism"]["text"]
+    # Same text up to case, punctuation and spacing: an exact duplicate after normalization.
+    shouted = "  ".join(anarchism.upper().replace(",", " ").split(" "))
+    write_wudao(tmp_path / "wd.json", [{"id": 1, "dataType": "百科", "title": "A", "content": shouted}])
+    write_pile(tmp_path / "p.jsonl.zst", [pile_record(edited(autism), "Wikipedia (en)"), pile_record(anarchism)])
+    cfg = CleanConfig(inputs=(str(tmp_path / "wd.json"), str(tmp_path / "p.jsonl.zst")))
+    ref = clean(raw_artifact(store, enwiki_sample), cfg, store)
+    report = json.loads((ref.path / "report.json").read_text())
+    assert report["sources"]["wudao"]["dropped"] == {"duplicate": 1}
+    assert report["sources"]["pile"]["dropped"] == {"duplicate": 1, "near_duplicate": 1}
+    assert report["sources"]["pile"]["docs_out"] == 0 and report["sources"]["wiki-en"].get("dropped", {}) == {}
+    counts = store.manifest(ref)["counts"]
+    assert counts["dropped_duplicate"] == 2 and counts["dropped_near_duplicate"] == 1
+    assert {d["source"] for d in docs_of(ref)} == {"wiki-en"}  # the first copy, in input order, is kept
+    assert "| pile | 2 | 0 |" in (ref.path / "report.md").read_text()
+
+
+def bad_pile(tmp_path: Path) -> Path:
+    good = [pile_record(f"record number {i} with enough words to pass " * 3) for i in range(4)]
+    return write_pile(tmp_path / "bad.jsonl.zst", good, {1: '{"text": "unterminated', 2: '{"meta": {}}'})
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("json", r"bad\.jsonl\.zst:2: malformed JSON line"),
+        ("record", r"missing\.jsonl\.zst:3: record has no string 'text'"),
+        ("wudao", r"wd\.json: malformed JSON at byte \d+ \(record 1\)"),
+        ("zst", r"cut\.jsonl\.zst: line \d+: compressed stream ends mid-frame"),
+    ],
+)
+def test_bad_input_raises_naming_file_and_position(store, tiny_raw, tmp_path, kind: str, message: str) -> None:
+    if kind == "json":
+        path = bad_pile(tmp_path)
+    elif kind == "record":
+        path = write_pile(tmp_path / "missing.jsonl.zst", [pile_record("x"), pile_record("y"), {"meta": {}}])
+    elif kind == "wudao":
+        path = tmp_path / "wd.json"
+        path.write_text('[{"id": 1, "content": "ok"}, {"id": 2, "content": oops}]', encoding="utf-8")
+    else:
+        full = write_pile(tmp_path / "full.jsonl.zst", [pile_record("text " * 2000 + str(i)) for i in range(20)])
+        path = tmp_path / "cut.jsonl.zst"
+        path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(KilnError, match=message):
+        clean(tiny_raw, CleanConfig(inputs=(str(path),)), store)
+    assert not [p for p in (store.root / "clean").glob("*") if not p.name.startswith(".")]
+
+
+def test_bad_records_skipped_and_counted(store: ArtifactStore, tiny_raw: ArtifactRef, tmp_path: Path) -> None:
+    cfg = CleanConfig(inputs=(str(bad_pile(tmp_path)),), on_error="skip", filters=FilterConfig.disabled())
+    ref = clean(tiny_raw, cfg, store)
+    counts = store.manifest(ref)["counts"]
+    assert counts["skipped_bad_json"] == 1 and counts["skipped_bad_record"] == 1
+    assert sum(d["source"] == "pile" for d in docs_of(ref)) == 2
+    assert "skipped_bad_json" in (ref.path / "report.md").read_text()
+
+
+def test_report_files_and_prefect_markdown_artifact(store, enwiki_sample, monkeypatch) -> None:
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(clean_module, "create_markdown_artifact", lambda **kw: published.append(kw))
+    raw = raw_artifact(store, enwiki_sample)
+    ref = clean_task.fn(raw, CleanConfig(min_chars=2000), str(store.root))
+    report = json.loads((ref.path / "report.json").read_text())
+    counts = store.manifest(ref)["counts"]
+    wiki = report["sources"]["wiki-en"]
+    assert (wiki["docs_in"], wiki["docs_out"]) == (counts["docs_in"], counts["documents"])
+    assert wiki["dropped"]["too_short"] == counts["dropped_too_short"] and wiki["reader"]["wikitext_chars"] > 0
+    assert report["output"]["shards"] == counts["shards"] == len(doc_shards(ref.path))
+    (artifact,) = published
+    assert artifact["key"] == "kiln-clean-sources" and artifact["markdown"] == (ref.path / "report.md").read_text()
+    assert "| wiki-en | 106 |" in artifact["markdown"]
+
+
+def test_inputs_are_part_of_the_key(tmp_path: Path) -> None:
+    path = write_pile(tmp_path / "a.jsonl.zst", [pile_record("one")])
+    cfg = CleanConfig(inputs=(str(tmp_path / "*.jsonl.zst"),))
+    before = key_config(cfg)
+    write_pile(tmp_path / "a.jsonl.zst", [pile_record("one"), pile_record("two")])
+    assert key_config(cfg) != before and before["input_fingerprints"][0][0] == str(path)
+    assert key_config(CleanConfig(workers=7, engine="dask")) == key_config(CleanConfig())  # runtime-only
+
+
+def test_jsonl_zst_fastparquet_and_shard_size(store: ArtifactStore, enwiki_sample: Path) -> None:
+    raw = raw_artifact(store, enwiki_sample)
+    cfg = CleanConfig(shard_mb=0.5, jsonl_zst=True, jsonl_lines=16, parquet_engine="fastparquet")
+    ref = clean(raw, cfg, store)
+    docs = docs_of(ref)
+    shards = doc_shards(ref.path)
+    assert len(shards) > 3 and all(len(list(iter_documents([s]))) < 100 for s in shards)
+    lines = [json.loads(line) for f in sorted((ref.path / "jsonl").glob("*.jsonl.zst"))
+             for line in _zst_lines(f)]
+    assert [(d["id"], d["text"]) for d in lines] == [(d["id"], d["text"]) for d in docs]
+    assert all(len(list(_zst_lines(f))) <= 16 for f in (ref.path / "jsonl").glob("*.jsonl.zst"))
+    pyarrow_ref = clean(raw, CleanConfig(shard_mb=0.5), store)
+    assert docs == docs_of(pyarrow_ref)
+
+
+def _zst_lines(path: Path) -> Iterator[str]:
+    yield from zstandard.ZstdDecompressor().decompress(path.read_bytes()).decode("utf-8").splitlines()
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "data").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_data_configs_parse(path: Path) -> None:
+    cfg = load_pipeline_config(path)
+    assert cfg.clean.filters.min_chars is not None

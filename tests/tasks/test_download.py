@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from kiln.config import load_config
 from kiln.errors import KilnError
 from storage.store import ArtifactStore
-from tasks.download import DownloadConfig, SourceSpec, download
+from tasks.download import (
+    DownloadConfig,
+    SourceSpec,
+    download,
+    sources_toml,
+    wikipedia_dump_url,
+    wikipedia_sources,
+)
 
 CONFTEST_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -111,3 +121,68 @@ def test_config_errors_are_clear() -> None:
         DownloadConfig(sources=[])
     with pytest.raises(KilnError, match="plain file name"):
         SourceSpec(name="a/b", url="x")
+
+
+# ---------------------------------------------------------------- Wikipedia dump URLs and published checksums
+DATE = "20240601"
+
+
+def test_wikipedia_dump_urls_follow_the_standard_layout() -> None:
+    assert wikipedia_dump_url("zh", DATE) == (
+        "https://dumps.wikimedia.org/zhwiki/20240601/zhwiki-20240601-pages-articles-multistream.xml.bz2"
+    )
+    assert wikipedia_dump_url("zh-yue", kind="pages-articles-multistream-index", mirror="http://m/") == (
+        "http://m/zh_yuewiki/latest/zh_yuewiki-latest-pages-articles-multistream-index.txt.bz2"
+    )
+    with pytest.raises(KilnError, match="YYYYMMDD"):
+        wikipedia_dump_url("en", "2024-06-01")
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, enwiki_sample: Path) -> Iterator[tuple[str, Path]]:
+    """A dumps.wikimedia.org look-alike over HTTP: a dated enwiki dump, its index and both sums files."""
+    folder = tmp_path / "mirror" / "enwiki" / DATE
+    folder.mkdir(parents=True)
+    files = {f"enwiki-{DATE}-pages-articles-multistream.xml.bz2": enwiki_sample.read_bytes(),
+             f"enwiki-{DATE}-pages-articles-multistream-index.txt.bz2": b"index bytes",
+             f"enwiki-{DATE}-pages-articles.xml.bz2": b"single-stream dump"}
+    for alg in ("sha1", "md5"):
+        lines = [f"{hashlib.new(alg, data).hexdigest()}  {name}" for name, data in files.items()]
+        (folder / f"enwiki-{DATE}-{alg}sums.txt").write_text("\n".join(lines) + "\n")
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    handler = functools.partial(QuietFiles, directory=str(tmp_path / "mirror"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", folder
+    httpd.shutdown()
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_wikipedia_sources_carry_published_checksums(mirror, store: ArtifactStore, enwiki_sample: Path) -> None:
+    url, _ = mirror
+    specs = wikipedia_sources("en", DATE, mirror=url)
+    assert [s.name for s in specs] == [f"enwiki-{DATE}-pages-articles-multistream.xml.bz2",
+                                       f"enwiki-{DATE}-pages-articles-multistream-index.txt.bz2"]
+    assert specs[0].sha1 == hashlib.sha1(enwiki_sample.read_bytes()).hexdigest()
+    assert specs[0].md5 == hashlib.md5(enwiki_sample.read_bytes()).hexdigest()
+    ref = download(DownloadConfig(sources=specs), store)  # verifies both sums
+    assert (ref.path / "files" / specs[0].name).read_bytes() == enwiki_sample.read_bytes()
+    parsed = load_config(DownloadConfig, data=tomllib.loads(sources_toml(specs))["download"])
+    assert parsed.sources == specs  # the TOML that `python -m tasks.download` prints round-trips
+
+
+def test_wikipedia_sources_problems_are_named(mirror) -> None:
+    url, folder = mirror
+    (single,) = wikipedia_sources("en", DATE, mirror=url, multistream=False, checksums=("md5",))
+    assert single.name.endswith("-pages-articles.xml.bz2") and single.md5 and not single.sha1
+    with pytest.raises(KilnError, match=r"zhwiki-20240601-sha1sums\.txt: HTTP 404"):
+        wikipedia_sources("zh", DATE, mirror=url)
+    sums = folder / f"enwiki-{DATE}-sha1sums.txt"
+    sums.write_text(sums.read_text().splitlines()[0] + "\n")  # the index is not listed (dump still running)
+    with pytest.raises(KilnError, match="no sha1 for enwiki-20240601-pages-articles-multistream-index"):
+        wikipedia_sources("en", DATE, mirror=url)

@@ -1,0 +1,203 @@
+"""Phase 1 of the clean stage: one unit of input → cleaned, filtered documents plus dedup fingerprints.
+
+`run_unit(unit, settings, out_dir)` takes only picklable values and touches only
+`out_dir`, so it runs the same in-process or on a Dask worker (with a remote cluster,
+`out_dir` must be on a filesystem the workers share). It streams: one page or record at
+a time, plus one chunk of kept documents, so a worker's memory does not grow with the
+input. Each chunk becomes ``chunk-<n>.parquet`` with the document columns and, per
+document, its exact-dedup hash, MinHash signature, characters and UTF-8 bytes; phase 2
+(`tasks.text.assemble`) reads those small columns without the text.
+
+Per document: MediaWiki pages are rendered to plain text (`clean_wikitext`; for ``zh*``
+wikis variant markup is resolved first and the result converted to Simplified), other
+formats keep their text with outer whitespace stripped; then the quality filters run,
+every drop counted with its reason per source.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+from urllib.parse import quote
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.atomic import atomic_path
+from storage.documents import DOC_FIELDS, DOC_SCHEMA, normalize_doc
+from tasks.text.dedup import MinHasher, exact_hash
+from tasks.text.filters import FilterConfig, FilterStats, SourceCounts, apply_filters
+from tasks.text.mediawiki import WikiPage, iter_pages, iter_pages_from_stream, iter_pages_in_range
+from tasks.text.sources import OnError, iter_jsonl, iter_pile, iter_wudao
+from tasks.text.units import Unit, is_local, local_path
+from tasks.text.wikitext import WikitextOptions, clean_wikitext
+
+# A chunk is cut at whichever comes first. Chunking never shows in the final shards
+# (phase 3 re-chunks), so these only bound a worker's memory.
+CHUNK_DOCS = 4096
+CHUNK_BYTES = 32 << 20
+FINGERPRINT_COLUMNS = ("exact", "minhash", "chars", "nbytes")
+CHUNK_SCHEMA = pa.schema(
+    [*DOC_SCHEMA, ("exact", pa.binary()), ("minhash", pa.binary()), ("chars", pa.int64()), ("nbytes", pa.int64())]
+)
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """What a phase-1 worker needs from the stage config (small, picklable, no Prefect)."""
+
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    wikitext: WikitextOptions = field(default_factory=WikitextOptions)
+    pile_sets: tuple[str, ...] = ()
+    """Pile subsets to keep (``pile_set_name``); empty keeps all."""
+    text_key: str = "text"
+    """Field holding the text in generic JSON lines."""
+    on_error: OnError = "raise"
+    exact_hash: bool = True
+    num_perm: int = 128
+    """MinHash permutations; 0 skips signatures (near-duplicate removal off)."""
+
+
+def chunk_name(n: int) -> str:
+    return f"chunk-{n:05d}.parquet"
+
+
+def run_unit(unit: Unit, settings: UnitSettings, out_dir: str) -> dict[str, Any]:
+    """Clean and filter one unit into ``out_dir/chunk-*.parquet``; returns its counts (JSON-able)."""
+    started, cpu = time.perf_counter(), time.thread_time()
+    out = Path(out_dir)
+    shutil.rmtree(out, ignore_errors=True)  # what a killed attempt of this unit left
+    out.mkdir(parents=True)
+    source = unit.input.source
+    stats = FilterStats({source: SourceCounts()})  # a source whose documents all fail still shows
+    reader: Counter[str] = Counter()
+    writer = ChunkWriter(out, settings)
+    for doc in read_unit(unit, settings, reader):
+        text = doc["text"]
+        keep, reason = apply_filters(text, settings.filters)
+        stats.add(doc["source"], len(text), reason)
+        if keep:
+            writer.add(doc)
+    writer.close()
+    return {
+        "filters": stats.to_dict(),
+        "reader": {source: dict(sorted(reader.items()))},
+        "docs": writer.docs,
+        "chunks": writer.chunks,
+        # This thread's CPU, not the process's: a Dask worker's event loop runs beside it.
+        "seconds": {"wall": time.perf_counter() - started, "cpu": time.thread_time() - cpu},
+    }
+
+
+def read_unit(unit: Unit, settings: UnitSettings, counts: Counter[str]) -> Iterator[dict[str, Any]]:
+    """The unit's documents before filtering; reader skips are counted in `counts`."""
+    f = unit.input
+    if f.fmt == "mediawiki":
+        yield from _wiki_docs(unit, settings.wikitext, counts)
+        return
+    if f.fmt == "wudao":
+        docs = iter_wudao(f.path, on_error=settings.on_error, stats=counts)
+    elif f.fmt == "pile":
+        docs = iter_pile(f.path, sets=settings.pile_sets or None, on_error=settings.on_error, stats=counts)
+    else:
+        docs = iter_jsonl(f.path, settings.text_key, source=f.source, on_error=settings.on_error, stats=counts)
+    for doc in docs:
+        doc["text"] = doc["text"].strip()
+        yield doc
+
+
+def _wiki_docs(unit: Unit, options: WikitextOptions, counts: Counter[str]) -> Iterator[dict[str, Any]]:
+    f = unit.input
+    zh = f.language.startswith("zh")
+    for page in _pages(unit):
+        counts["wikitext_chars"] += len(page.text)
+        text, title = _render(page, options, zh)
+        yield {
+            "id": f"{f.source}/{page.id}",
+            "source": f.source,
+            "title": title,
+            "text": text,
+            "url": f"https://{f.language}.wikipedia.org/wiki/{quote(page.title.replace(' ', '_'))}",
+            "meta": {"page_id": page.id, "revision_id": page.revision_id, "file": f.name},
+        }
+
+
+def _render(page: WikiPage, options: WikitextOptions, zh: bool) -> tuple[str, str]:
+    """Plain text and title of a page; Chinese wikis: variant markup resolved, then Simplified."""
+    if not zh:
+        return clean_wikitext(page.text, options), page.title
+    from tasks.text.chinese import strip_variant_markup, to_simplified  # OpenCC: an optional extra
+
+    return to_simplified(clean_wikitext(strip_variant_markup(page.text), options)), to_simplified(page.title)
+
+
+def _pages(unit: Unit) -> Iterator[WikiPage]:
+    f = unit.input
+    if unit.ranges:  # one bz2 stream (100 pages) in memory at a time, whatever the unit's size
+        path = local_path(f.path)
+        for start, end in unit.ranges:
+            yield from iter_pages_in_range(path, start, end)
+        return
+    if is_local(f.path):
+        yield from iter_pages(local_path(f.path))
+        return
+    with fsspec.open(f.path, "rb", compression="infer") as fh:  # a remote dump, decompressed as it streams
+        yield from iter_pages_from_stream(cast(BinaryIO, fh), f.path)
+
+
+class ChunkWriter:
+    """Buffers kept documents with their fingerprints and writes them as numbered Parquet chunks."""
+
+    def __init__(self, out: Path, settings: UnitSettings) -> None:
+        self.out = out
+        self.hasher = MinHasher(settings.num_perm) if settings.num_perm else None
+        self.exact = settings.exact_hash
+        self.columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
+        self.bytes = self.docs = self.chunks = 0
+
+    def add(self, doc: dict[str, Any]) -> None:
+        row: dict[str, Any] = {k: _utf8_safe(v) for k, v in normalize_doc(doc).items()}
+        text = row["text"]
+        nbytes = len(text.encode("utf-8"))
+        row["exact"] = exact_hash(text) if self.exact else b""
+        row["minhash"] = self.hasher.signature(text).astype("<u4").tobytes() if self.hasher else b""
+        row["chars"], row["nbytes"] = len(text), nbytes
+        for name, values in self.columns.items():
+            values.append(row[name])
+        self.bytes += nbytes
+        self.docs += 1
+        if len(self.columns["text"]) >= CHUNK_DOCS or self.bytes >= CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.columns["text"]:
+            return
+        table = pa.table(self.columns, schema=CHUNK_SCHEMA)
+        with atomic_path(self.out / chunk_name(self.chunks)) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        self.chunks += 1
+        self.bytes = 0
+        self.columns = {name: [] for name in CHUNK_SCHEMA.names}
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _utf8_safe(value: str) -> str:
+    """`value`, with lone surrogates (legal in JSON, not in UTF-8) replaced so Parquet can store it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", errors="replace").decode("utf-8")
+    return value
+
+
+def read_chunk(path: str | Path, columns: tuple[str, ...] = DOC_FIELDS) -> pa.Table:
+    """Some columns of one phase-1 chunk."""
+    return pq.read_table(path, columns=list(columns))
