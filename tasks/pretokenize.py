@@ -275,7 +275,7 @@ def _run_processes(jobs: Sequence[ShardJob], cfg: PretokenizeConfig, done: Done)
 def _run_dask(jobs: Sequence[ShardJob], cfg: PretokenizeConfig, done: Done) -> None:
     try:
         from dask import config as dask_config
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
         from dask.distributed import as_completed as dask_as_completed
     except ImportError:
         raise KilnError("pretokenize.engine 'dask' needs dask[distributed]: pip install 'dask[distributed]'") from None
@@ -288,11 +288,9 @@ def _run_dask(jobs: Sequence[ShardJob], cfg: PretokenizeConfig, done: Done) -> N
         if cfg.dask_address:
             client = stack.enter_context(Client(cfg.dask_address))
         else:
-            n = min(cfg.workers, len(jobs)) or 1
-            no_dashboard: Any = None  # None turns the dashboard off (its type hint says str)
-            cluster = stack.enter_context(
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=no_dashboard)
-            )
+            from tasks.text.executor import local_cluster  # restores the env Dask's nannies change
+
+            cluster = stack.enter_context(local_cluster(min(cfg.workers, len(jobs)) or 1))
             client = stack.enter_context(Client(cluster))
         futures = client.map(tokenize_shard, list(jobs), pure=False)
         by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
