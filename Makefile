@@ -13,13 +13,14 @@ TORCH ?= torch==2.13.0
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# constraints.txt pins the versions the tests pass with (pip resolves in seconds, without backtracking).
 install-demo: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[demo]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo]"
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 
 demo: install-demo
 	$(BIN)/kiln run configs/demo.toml
