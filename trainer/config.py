@@ -67,11 +67,24 @@ class DataSection:
     """Background threads prefetching batches from the memory-mapped shards. 0 reads in the
     training thread (a memmap gather costs microseconds); threads share the memmaps, so
     memory does not grow with them."""
+    source_weights: dict[str, float] = field(default_factory=dict)
+    """Mixing weights per source (``{zhwiki = 0.5, wudao = 0.3, pile = 0.2}``; normalized to sum
+    1). Empty: every training sequence is drawn uniformly, so sources keep their natural
+    proportions. Otherwise each training sample's source is drawn with these weights (seeded, so
+    the stream is reproducible and resumable); every source of the train split must be listed
+    (0 leaves one out), and its shards must each hold a single source. A source drawn more often
+    than it has sequences wraps to a fresh shuffle of itself: upsampling repeats its data."""
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "micro_batch_size", "grad_accum_steps"):
             _check(getattr(self, name) > 0, f"data.{name}", f"must be > 0, got {getattr(self, name)}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        for source, weight in self.source_weights.items():
+            _check(0 <= weight < float("inf"), f"data.source_weights.{source}",
+                   f"must be a finite number >= 0, got {weight}")
+        if self.source_weights:
+            _check(sum(self.source_weights.values()) > 0, "data.source_weights",
+                   f"must have a positive sum, got {self.source_weights}")
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,8 @@ def _train(cfg: TrainConfig, dist: DistEnv) -> dict[str, Any]:
     optimizer = build_optimizer(raw, cfg.optim)
     train_set = PackedTokenDataset(cfg.data.train_dir, seq_len)
     loader = TokenLoader(train_set, cfg.data.micro_batch_size, seed=cfg.run.seed, rank=dist.rank,
-                         world_size=dist.world_size, num_workers=cfg.data.num_workers)
+                         world_size=dist.world_size, num_workers=cfg.data.num_workers,
+                         source_weights=cfg.data.source_weights)
     val_set = PackedTokenDataset(cfg.data.val_dir, seq_len) if cfg.data.val_dir and cfg.run.val_batches else None
     if val_set is not None and len(val_set) < cfg.data.micro_batch_size * dist.world_size:
         log.warning("%s: %d val sequences cannot fill one micro-batch per rank; validation is off",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kiln.errors import KilnError
+from storage.token_shards import TokenShardWriter
 from trainer.data import PackedTokenDataset, TokenLoader, val_batches
 
 T = 10
@@ -100,3 +101,110 @@ def test_too_little_data_is_a_clear_error(numbered_data, tmp_path):
         PackedTokenDataset(numbered_data, 5000)
     with pytest.raises(KilnError, match="no token shards|no complete token shards"):
         PackedTokenDataset(tmp_path / "missing", T)
+
+
+# -- per-source mixing weights ---------------------------------------------------------
+
+B_START = 50_000  # source b's tokens start here, so a window's first token names its source
+
+
+def write_source_shard(directory, source: str, tokens: list[int]) -> None:
+    writer = TokenShardWriter(directory, vocab_size=100_000, eos_id=99_999)
+    writer.add(tokens, source=source)
+    writer.close()
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    """Source ``a``: two shards of 1000 tokens (2 x 99 windows); ``b``: one of 500 (49 windows)."""
+    write_source_shard(tmp_path / "a0", "a", list(range(0, 999)))
+    write_source_shard(tmp_path / "a1", "a", list(range(1000, 1999)))
+    write_source_shard(tmp_path / "b0", "b", list(range(B_START, B_START + 499)))
+    return tmp_path
+
+
+def share_of_a(batches: list[torch.Tensor]) -> float:
+    firsts = torch.cat([x[:, 0] for x in batches])
+    return (firsts < B_START).float().mean().item()
+
+
+def test_mixing_weights_hold_within_tolerance(two_sources):
+    ds = PackedTokenDataset(two_sources, T)
+    assert len(ds) == 99 * 2 + 49  # naturally a is ~80 %; weight b up instead
+    for weights, want in (({"a": 0.8, "b": 0.2}, 0.8), ({"a": 0.3, "b": 0.7}, 0.3)):
+        loader = TokenLoader(ds, 10, seed=5, source_weights=weights)
+        assert abs(share_of_a(take(loader, 50)) - want) < 0.05  # 500 samples
+    # b (49 sequences) drawn ~350 times wraps: every sequence of an epoch once before any repeats.
+    loader = TokenLoader(ds, 7, seed=5, source_weights={"a": 0.0, "b": 1.0})
+    firsts = torch.cat([x[:, 0] for x in take(loader, 14)]).tolist()
+    assert len(set(firsts[:49])) == 49 and set(firsts[49:98]) == set(firsts[:49])
+    assert firsts[:49] != firsts[49:98]  # re-permuted per epoch
+
+
+def test_mixing_is_seeded_and_rank_slices_stay_disjoint(two_sources):
+    ds = PackedTokenDataset(two_sources, T)
+    w = {"a": 0.5, "b": 0.5}
+    a, b = TokenLoader(ds, 4, seed=1, source_weights=w), TokenLoader(ds, 4, seed=1, source_weights=w)
+    first = take(a, 10)
+    assert all(torch.equal(x, y) for x, y in zip(first, take(b, 10), strict=True))
+    other = take(TokenLoader(ds, 4, seed=2, source_weights=w), 10)
+    assert not all(torch.equal(x, y) for x, y in zip(first, other, strict=True))
+    single = TokenLoader(ds, 6, seed=7, source_weights=w)
+    ranks = [TokenLoader(ds, 2, seed=7, rank=r, world_size=3, source_weights=w) for r in range(3)]
+    for _ in range(30):
+        want = sorted(row[0].item() for row in next(single)[0])
+        got = sorted(row[0].item() for loader in ranks for row in next(loader)[0])
+        assert got == want  # same global round, split disjointly (as multisets)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mixing_resume_gives_the_same_next_batches(two_sources, num_workers):
+    ds = PackedTokenDataset(two_sources, T)
+    w = {"a": 0.4, "b": 0.6}
+    straight = TokenLoader(ds, 8, seed=3, num_workers=num_workers, source_weights=w)
+    take(straight, 20)  # 160 samples: b (49 sequences) is past its first epoch
+    state = straight.state_dict()
+    assert state["sample"] == 160 and state["source_epochs"]["b"] >= 1
+    expected = take(straight, 30)
+    resumed = TokenLoader(ds, 8, seed=3, num_workers=num_workers, source_weights=w)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(take(resumed, 30), expected, strict=True))
+    with pytest.raises(KilnError, match="source_weights"):
+        TokenLoader(ds, 8, seed=3).load_state_dict(state)
+    with pytest.raises(KilnError, match="source_weights"):
+        TokenLoader(ds, 8, seed=3, source_weights={"a": 0.5, "b": 0.5}).load_state_dict(state)
+    straight.close()
+    resumed.close()
+
+
+def test_mixing_refuses_unknown_missing_and_multi_source(two_sources, tmp_path_factory):
+    ds = PackedTokenDataset(two_sources, T)
+    with pytest.raises(KilnError, match=r"\['pile'\] absent"):
+        TokenLoader(ds, 4, seed=0, source_weights={"a": 0.5, "b": 0.3, "pile": 0.2})
+    with pytest.raises(KilnError, match=r"no weight for source\(s\) \['b'\]"):
+        TokenLoader(ds, 4, seed=0, source_weights={"a": 1.0})
+    mixed = tmp_path_factory.mktemp("mixed")
+    writer = TokenShardWriter(mixed / "s0", vocab_size=100_000, eos_id=99_999)
+    writer.add(list(range(100)), source="a")
+    writer.add(list(range(100)), source="b")
+    writer.close()
+    with pytest.raises(KilnError, match="single-source shards"):
+        TokenLoader(PackedTokenDataset(mixed, T), 4, seed=0, source_weights={"a": 1.0, "b": 1.0})
+
+
+def test_empty_weights_keep_the_plain_order(two_sources):
+    ds = PackedTokenDataset(two_sources, T)
+    plain, empty = TokenLoader(ds, 8, seed=4), TokenLoader(ds, 8, seed=4, source_weights={})
+    assert all(torch.equal(x, y) for x, y in zip(take(plain, 40), take(empty, 40), strict=True))
+    assert empty.state_dict() == plain.state_dict() and "source_weights" not in plain.state_dict()
+
+
+def test_source_weights_config_is_validated():
+    from trainer.config import DataSection
+
+    assert DataSection().source_weights == {}
+    assert DataSection(source_weights={"a": 0.8, "b": 0.2}).source_weights == {"a": 0.8, "b": 0.2}
+    with pytest.raises(KilnError, match="data.source_weights.b must be a finite number >= 0"):
+        DataSection(source_weights={"a": 1.0, "b": -0.1})
+    with pytest.raises(KilnError, match="data.source_weights must have a positive sum"):
+        DataSection(source_weights={"a": 0.0})
