@@ -16,7 +16,6 @@ pages between data-loader workers and ranks, so memory does not grow with them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +150,3 @@ def list_shards(split_dir: str | Path) -> list[Path]:
     if not d.is_dir():
         raise KilnError(f"{d}: no token shards here; run pretokenize first or fix the data path")
     return sorted(p.parent for p in d.glob(f"*/{SHARD_MANIFEST}") if not p.parent.name.startswith("."))
-
-
-def disk_size(paths: Iterable[str | os.PathLike]) -> int:
-    """Total bytes of the given files (for reports)."""
-    return sum(Path(p).stat().st_size for p in paths)
