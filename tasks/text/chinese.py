@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from kiln.errors import KilnError
+from kiln.optional import require
 
 # Innermost `-{ ... }-` first so nested markup resolves inside out. `-{{` is a "-" in
 # front of a template and `}}-` a template followed by "-", not variant markup.
@@ -94,10 +95,7 @@ def to_simplified(text: str) -> str:
 @lru_cache(maxsize=1)
 def _converter() -> Any:
     # Built once: loading the dictionaries takes ~10 ms, converting a page ~0.1 ms.
-    try:
-        import opencc
-    except ImportError as err:
-        raise KilnError("Chinese conversion needs the OpenCC package: pip install 'kiln[zh]'") from err
+    opencc = require("opencc", "zh", "Traditional-to-simplified Chinese conversion")
     for config in ("t2s", "t2s.json"):  # older opencc releases want the file name
         try:
             return opencc.OpenCC(config)
