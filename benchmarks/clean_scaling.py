@@ -70,10 +70,10 @@ def cpu_seconds() -> float:
 
 
 def run_once(files: list[Path], engine: str, workers: int, work: Path) -> dict[str, Any]:
-    from storage.store import ArtifactStore
+    from storage.store import open_store
     from tasks.clean import CleanConfig, clean
 
-    store = ArtifactStore(tempfile.mkdtemp(dir=work))
+    store = open_store(tempfile.mkdtemp(dir=work))
     raw = raw_for(store, files)
     cfg = CleanConfig(engine=engine, workers=workers, streams_per_unit=1)  # type: ignore[arg-type]
     cpu, wall = cpu_seconds(), time.perf_counter()

@@ -61,13 +61,13 @@ def prepare(work: Path, replicas: int, shards: int, vocab: int) -> dict[str, Any
     """Write the docs artifact, train the tokenizer, export it for HF; returns paths and corpus stats."""
     from kiln.tokenizer import save_hf_tokenizer
     from storage.documents import doc_shard_name, write_documents
-    from storage.store import ArtifactStore, Build
+    from storage.store import Build, open_store
     from tasks.tokenizer import TokenizerConfig, train_tokenizer
     from tests.tasks.tokenizer_fixtures import load_enwiki_docs
 
     base = load_enwiki_docs()
     docs = [{**d, "id": f"{d['id']}-r{r}"} for r in range(replicas) for d in base]
-    store = ArtifactStore(work / "store")
+    store = open_store(work / "store")
 
     def write(build: Build) -> None:
         for s in range(shards):
@@ -140,12 +140,12 @@ def _startup(name: str) -> dict[str, Any]:
 
 
 def _kiln(name: str, docs: Any, tok: Any, scratch: Path) -> dict[str, Any]:
-    from storage.store import ArtifactStore
+    from storage.store import open_store
     from tasks.pretokenize import PretokenizeConfig, pretokenize
 
     engine, workers = {"kiln_serial_1": ("serial", 1), "kiln_serial_2t": ("serial", 2),
                        "kiln_processes_2": ("processes", 2), "kiln_dask_2": ("dask", 2)}[name]
-    store = ArtifactStore(scratch / name)
+    store = open_store(scratch / name)
     cpu, wall = _cpu_seconds(), time.perf_counter()
     ref = pretokenize(docs, tok, PretokenizeConfig(engine=engine, workers=workers), store)
     out = {"wall_s": time.perf_counter() - wall, "cpu_s": _cpu_seconds() - cpu}

@@ -50,11 +50,11 @@ def _rss_mb() -> float:
 def make_corpus(root: Path, scale: int, copies_per_shard: int) -> dict[str, Any]:
     """A docs artifact of `scale` line-shuffled copies of the enwiki sample; returns its ref and size."""
     from storage.documents import doc_shard_name, write_documents
-    from storage.store import ArtifactStore, Build
+    from storage.store import Build, open_store
     from tests.tasks.tokenizer_fixtures import load_enwiki_docs
 
     base = load_enwiki_docs()
-    store = ArtifactStore(root)
+    store = open_store(root)
     chars = 0
 
     def write(build: Build) -> None:
@@ -79,11 +79,11 @@ def make_corpus(root: Path, scale: int, copies_per_shard: int) -> dict[str, Any]
 
 def run_child(docs: dict[str, Any], bound: int, vocab: int, store_root: Path) -> dict[str, Any]:
     """In a fresh process: train once, report peak RSS and the stage's timings."""
-    from storage.store import ArtifactRef, ArtifactStore
+    from storage.store import ArtifactRef, open_store
     from tasks.tokenizer import TokenizerConfig, train_tokenizer
 
     rss_after_imports = _rss_mb()
-    store = ArtifactStore(store_root)
+    store = open_store(store_root)
     started = time.perf_counter()
     ref = train_tokenizer(ArtifactRef(**docs), TokenizerConfig(vocab_size=vocab, input_sentence_size=bound), store)
     wall = time.perf_counter() - started

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore
+from storage.store import ArtifactRef, open_store
 from tasks.clean import clean_task
 from tasks.download import download_task
 from tasks.dpo import dpo_task
@@ -126,11 +126,11 @@ class DagResult:
 def run_dag(config: str, overrides: Sequence[str] = (), until: str = "all") -> DagResult:
     """Run the stages `until` needs (call from inside a flow); records the run for `kiln artifacts gc`."""
     cfg = load_pipeline_config(config, overrides)
-    root = ArtifactStore(cfg.store.root or None).location  # a URL for object stores, so remote workers agree
+    root = open_store(cfg.store.root or None).location  # a URL for object stores, so remote workers agree
     result = DagResult()
     for stage in plan(cfg, until):
         state = STEPS[stage].call(cfg, result.refs, root)
         result.states[stage] = state.name
         result.refs[stage] = state.result()  # raises the stage's error if it failed
-    ArtifactStore(root).record_run(f"{config} until {until}", result.refs)
+    open_store(root).record_run(f"{config} until {until}", result.refs)
     return result

@@ -124,9 +124,9 @@ def _use_model(args: argparse.Namespace) -> int:
 
 
 def _artifacts(args: argparse.Namespace) -> int:
-    from storage.store import ArtifactStore
+    from storage.store import open_store
 
-    store = ArtifactStore()
+    store = open_store()
     if args.action == "ls":
         for m in store.list():
             counts = ", ".join(f"{k}={v}" for k, v in list(m.get("counts", {}).items())[:4])

@@ -13,9 +13,10 @@ time: each uploads into its own prefix and the manifest, written last, names one
 complete set, so a reader never mixes the files of two builds; `gc` drops the other set.
 
 Locally, ``$KILN_CACHE_DIR/<scheme>/<bucket>/<path>`` (default ``~/.cache/kiln/…``) is an
-ordinary `ArtifactStore`: stages build there, because memmaps, sentencepiece and
-torchrun need POSIX paths, and `ArtifactRef.path` downloads an artifact there the first
-time it is read, keeping it only if every size and sha256 matches the manifest.
+ordinary `LocalStore`, the remote store's `mirror` (composed, not inherited): stages build
+there, because memmaps, sentencepiece and torchrun need POSIX paths, and `ArtifactRef.path`
+downloads an artifact there the first time it is read, keeping it only if every size and
+sha256 matches the manifest.
 
 Credentials come from the filesystem library's environment (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for s3fs) and never from the URL: URLs
@@ -38,18 +39,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kiln.errors import KilnError
-from storage.atomic import atomic_write_bytes, atomic_write_text, disk_error
-from storage.store import (
-    MANIFEST,
-    REMOTE_MARKER,
-    ArtifactRef,
-    ArtifactStore,
-    Build,
-    artifact_key,
-    default_location,
-    is_remote_url,
-    sha256_file,
-)
+from storage.atomic import atomic_write_bytes, disk_error
+from storage.local import MANIFEST, Build, LocalStore, sha256_file
+from storage.ref import ArtifactRef, artifact_key, register_remote_root
 
 CACHE_ENV = "KILN_CACHE_DIR"
 RUNS_DIR = "runs"
@@ -68,18 +60,6 @@ def cache_dir_for(url: str) -> Path:
     return (base / parts.scheme / parts.netloc / parts.path.strip("/")).resolve()
 
 
-def materialize(ref: ArtifactRef) -> Path:
-    """The local copy of a remote artifact, downloaded and verified on first use."""
-    hit = _MATERIALIZED.get(ref.uri)
-    if hit is not None and (hit / MANIFEST).is_file():
-        return hit
-    root = ref.uri.removesuffix(f"/{ref.stage}/{ref.key}")
-    store = ArtifactStore(root)
-    assert isinstance(store, RemoteArtifactStore)
-    path = _MATERIALIZED[ref.uri] = store.materialize(ref.stage, ref.key)
-    return path
-
-
 def _check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.username or parts.password:  # say where, without repeating the secret
@@ -94,34 +74,35 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class _LocalMirror(ArtifactStore):
-    """The plain local store inside the cache directory (a subclass, so no dispatch back to remote)."""
+class RemoteStore:
+    """The artifact store under an fsspec URL, with a `LocalStore` as its build and read cache."""
 
-
-class RemoteArtifactStore(ArtifactStore):
-    """An `ArtifactStore` whose artifacts live under an fsspec URL, with a local build and read cache."""
-
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
-        url = str(root) if root is not None else default_location()
-        if not is_remote_url(url):  # the cache directory of a remote store, as tasks receive it
-            url = (Path(url) / REMOTE_MARKER).read_text(encoding="utf-8").strip()
+    def __init__(self, url: str) -> None:
         _check_url(url)
         self.url = url.rstrip("/")
-        self.root = cache_dir_for(self.url)
-        self.mirror = _LocalMirror(self.root)
+        self.mirror = LocalStore(cache_dir_for(self.url))
         self._fs: Any = None
         self._base = ""
         self._bucket_checked = False
-        if not (self.root / REMOTE_MARKER).is_file():
-            atomic_write_text(self.root / REMOTE_MARKER, self.url + "\n")
+        register_remote_root(self.url, self._materialize_ref)
 
     @property
     def location(self) -> str:
+        """The store's URL: what tasks and remote workers receive to open the same store."""
         return self.url
+
+    @property
+    def root(self) -> Path:
+        """The local cache directory (where stages build and artifacts are read)."""
+        return self.mirror.root
 
     def __getstate__(self) -> dict[str, Any]:
         # A filesystem holds sessions and event loops; a store travelling to a worker opens its own.
         return {**self.__dict__, "_fs": None, "_base": ""}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        register_remote_root(self.url, self._materialize_ref)
 
     # -- the filesystem ----------------------------------------------------------------
     @property
@@ -164,8 +145,18 @@ class RemoteArtifactStore(ArtifactStore):
             raise KilnError(f"{self.url}: {doing} failed: {type(exc).__name__}: {_first_line(exc)}") from None
 
     # -- locations and queries --------------------------------------------------------------
+    def final_dir(self, stage: str, key: str) -> Path:
+        return self.mirror.final_dir(stage, key)
+
+    def partial_dir(self, stage: str, key: str) -> Path:
+        return self.mirror.partial_dir(stage, key)
+
     def ref(self, stage: str, key: str) -> ArtifactRef:
         return ArtifactRef(stage, key, f"{self.url}/{stage}/{key}")
+
+    def lock(self, stage: str, key: str) -> contextlib.AbstractContextManager[None]:
+        """The per-key lock of the local cache: one build or download of a key at a time on this machine."""
+        return self.mirror.lock(stage, key)
 
     def _remote_manifest(self, stage: str, key: str) -> tuple[dict[str, Any], bytes] | None:
         """The remote manifest (parsed and raw), None if absent or unreadable (then the key is rebuilt)."""
@@ -229,7 +220,7 @@ class RemoteArtifactStore(ArtifactStore):
         local = self.mirror.get(stage, key)
         if local is not None:
             return str(self.mirror.manifest(local).get("build_id", "none"))
-        return self._partial_token(stage, key)
+        return self.mirror.partial_token(stage, key)
 
     def list(self) -> list[dict[str, Any]]:
         with self._errors("listing artifacts", missing="bucket or path not found"):
@@ -259,7 +250,7 @@ class RemoteArtifactStore(ArtifactStore):
             return ref
         self._require_bucket()  # fail before a long build whose upload could only fail
         self.mirror.produce(stage, code_version, config, inputs, work)  # a no-op if built here before
-        with self._lock(stage, key):
+        with self.lock(stage, key):
             if self.get(stage, key) is None:  # another process on this machine may have uploaded it
                 self._upload(stage, key)
         return self.ref(stage, key)
@@ -286,12 +277,20 @@ class RemoteArtifactStore(ArtifactStore):
         size = sum(meta["size"] for meta in manifest["files"].values())
         log.info("uploaded %s/%s (%d files, %.1f MB) to %s", stage, key, len(manifest["files"]), size / 1e6, self.url)
 
+    def _materialize_ref(self, ref: ArtifactRef) -> Path:
+        """`ArtifactRef.path` for this store's refs: memoized, as it is read in loops."""
+        hit = _MATERIALIZED.get(ref.uri)
+        if hit is not None and (hit / MANIFEST).is_file():
+            return hit
+        path = _MATERIALIZED[ref.uri] = self.materialize(ref.stage, ref.key)
+        return path
+
     def materialize(self, stage: str, key: str) -> Path:
         """The artifact's local directory, downloading it first if this machine has no complete copy."""
         final = self.mirror.final_dir(stage, key)
         if self.mirror.get(stage, key) is not None:
             return final
-        with self._lock(stage, key):
+        with self.mirror.lock(stage, key):
             if self.mirror.get(stage, key) is not None:
                 return final
             found = self._remote_manifest(stage, key)
@@ -327,7 +326,7 @@ class RemoteArtifactStore(ArtifactStore):
 
     # -- run log and garbage collection ---------------------------------------------------------
     def record_run(self, label: str, refs: dict[str, ArtifactRef]) -> None:
-        entry = self._run_entry(label, refs)
+        entry = LocalStore.run_entry(label, refs)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%f")  # sorts by time, then a random tie-break
         with self._errors("recording the run", missing="bucket not found"):
             self.fs.pipe_file(self._rpath(RUNS_DIR, f"{stamp}-{uuid.uuid4().hex[:8]}.json"),

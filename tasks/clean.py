@@ -36,7 +36,7 @@ from prefect.artifacts import create_markdown_artifact
 from kiln.config import canonical_dict, runtime_field
 from kiln.errors import KilnError
 from storage.atomic import atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import reported, stage_task_options
 from tasks.download import FILES_DIR
 from tasks.report import artifact_key, progress
@@ -256,7 +256,7 @@ def _write_report(build: Build, units: list[Unit], dedup: dict[str, Any], cfg: C
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["raw"], key_config=key_config))
 def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; publishes the stage card and the per-source report in the UI."""
-    ref = reported(STAGE, clean(raw, cfg, ArtifactStore(store_root)))
+    ref = reported(STAGE, clean(raw, cfg, open_store(store_root)))
     try:
         create_markdown_artifact(
             markdown=(ref.path / REPORT_MD).read_text(encoding="utf-8"),

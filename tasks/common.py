@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
-from storage.store import MANIFEST, ArtifactRef, ArtifactStore, artifact_key
+from storage.store import MANIFEST, ArtifactRef, artifact_key, open_store
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class ArtifactCachePolicy(CachePolicy):
         refs = [_as_ref(inputs[name]) for name in self.inputs]
         cfg = inputs[self.config]
         key = artifact_key(self.stage, self.code_version, self.key_config(cfg) if self.key_config else cfg, refs)
-        token = ArtifactStore(inputs[self.store_root]).cache_token(self.stage, key)
+        token = open_store(inputs[self.store_root]).cache_token(self.stage, key)
         return f"kiln-{self.stage}-{key}-{token}"
 
 

@@ -37,7 +37,7 @@ from prefect import task
 
 from kiln.config import canonical_dict, runtime_field
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import stage_task_options
 
 STAGE = "download"
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=[], retries=2, key_config=key_config))
 def download_task(cfg: DownloadConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: retried, cached by artifact key."""
-    return download(cfg, ArtifactStore(store_root))
+    return download(cfg, open_store(store_root))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from prefect import task
 
-from storage.store import ArtifactRef, ArtifactStore
+from storage.store import ArtifactRef, ArtifactStore, open_store
 from tasks.common import reported, stage_task_options
 from tasks.sft import SFTStageConfig, train_into
 from trainer.dpo import DPOConfig, DPOSection
@@ -41,4 +41,4 @@ def dpo(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store: Artifa
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["base", "data"]))
 def dpo_task(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; a rerun resumes from the trainer's checkpoint."""
-    return reported(STAGE, dpo(base, data, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, dpo(base, data, cfg, open_store(store_root)))

@@ -31,7 +31,7 @@ from kiln.config import runtime_field
 from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import ArtifactCachePolicy, reported, stage_task_options
 from trainer.data import PackedTokenDataset, val_batches
 from trainer.sft_data import ChatDataset, read_split, split_files
@@ -143,4 +143,4 @@ _OPTIONS["cache_policy"] = _OptionalInputsPolicy(**{f.name: getattr(_OPTIONS["ca
 def evaluate_task(model: ArtifactRef, tokens: ArtifactRef | None, chat: ArtifactRef | None, cfg: EvaluateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; `tokens` or `chat` may be None."""
-    return reported(STAGE, evaluate(model, cfg, ArtifactStore(store_root), tokens=tokens, chat=chat))
+    return reported(STAGE, evaluate(model, cfg, open_store(store_root), tokens=tokens, chat=chat))

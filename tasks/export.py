@@ -24,7 +24,7 @@ from prefect import task
 from kiln.chat import find_tokenizer_dir, model_dir
 from kiln.errors import KilnError
 from model.hf_interop import export_hf, import_hf, load_weights
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import reported, stage_task_options
 
 STAGE = "export"
@@ -71,4 +71,4 @@ def verify_export(state: dict[str, torch.Tensor], out_dir: Path, dtype: str) -> 
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["model"]))
 def export_task(model: ArtifactRef, cfg: ExportConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(STAGE, export(model, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, export(model, cfg, open_store(store_root)))

@@ -26,7 +26,7 @@ from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from model import generate as generate_ids
 from storage.atomic import atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import reported, stage_task_options
 from trainer.checkpoint import load_final
 
@@ -77,7 +77,7 @@ def generate(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateCo
 def generate_task(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(STAGE, generate(model_ref, tokenizer_ref, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, generate(model_ref, tokenizer_ref, cfg, open_store(store_root)))
 
 
 def sample_texts(model_dir: Path, tok: Tokenizer, cfg: GenerateConfig) -> list[dict[str, Any]]:

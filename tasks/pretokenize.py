@@ -1,6 +1,6 @@
 """Pretokenize stage: document shards → token shards (train/val) that the trainer memory-maps.
 
-    ref = pretokenize(docs_ref, tokenizer_ref, PretokenizeConfig(), ArtifactStore())
+    ref = pretokenize(docs_ref, tokenizer_ref, PretokenizeConfig(), open_store())
 
 One unit of work per input Parquet shard i, written to ``train/{i:05d}/`` and
 ``val/{i:05d}/`` (the token shard format of `storage.token_shards`) and marked
@@ -54,7 +54,7 @@ from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
 from storage.documents import doc_shards
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import TokenShardWriter
 from tasks.common import reported, stage_task_options
 
@@ -104,7 +104,7 @@ def pretokenize(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfi
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["docs", "tokenizer"]))
 def pretokenize_task(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key (see tasks.common)."""
-    return reported(STAGE, pretokenize(docs, tokenizer, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, pretokenize(docs, tokenizer, cfg, open_store(store_root)))
 
 
 def is_val(doc_id: str, fraction: float) -> bool:

@@ -45,7 +45,7 @@ from kiln.config import runtime_field, to_dict
 from kiln.errors import KilnError
 from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import list_shards
 from tasks.common import reported, stage_task_options
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
@@ -123,7 +123,7 @@ def pretrain(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, s
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["tokens", "tokenizer"]))
 def pretrain_task(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
-    return reported(STAGE, pretrain(tokens, tokenizer, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, pretrain(tokens, tokenizer, cfg, open_store(store_root)))
 
 
 def _train_into(build: Build, tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig) -> None:

@@ -27,7 +27,7 @@ from kiln.config import runtime_field, to_dict
 from kiln.errors import KilnError
 from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import reported, stage_task_options
 from tasks.pretrain import launch_command, run_trainer
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
@@ -126,4 +126,4 @@ def finish_artifact(build: Build, base: ArtifactRef, keep_checkpoints: int) -> N
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["base", "data"]))
 def sft_task(base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
-    return reported(STAGE, sft(base, data, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, sft(base, data, cfg, open_store(store_root)))

@@ -35,7 +35,7 @@ from prefect import task
 from kiln.chat import RecordError, detect_format, to_messages, to_preference
 from kiln.errors import KilnError
 from storage.atomic import atomic_path, atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import reported, stage_task_options
 from tasks.download import FILES_DIR
 from trainer.sft_data import META_FILE
@@ -231,10 +231,10 @@ def _iter_lines(path: Path) -> Iterator[tuple[str, Any]]:
 @task(**stage_task_options(SFT_STAGE, CODE_VERSION, inputs=["raw"]))
 def prepare_sft_task(raw: ArtifactRef, cfg: SFTDataConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(SFT_STAGE, prepare_sft(raw, cfg, ArtifactStore(store_root)))
+    return reported(SFT_STAGE, prepare_sft(raw, cfg, open_store(store_root)))
 
 
 @task(**stage_task_options(DPO_STAGE, CODE_VERSION, inputs=["raw"]))
 def prepare_dpo_task(raw: ArtifactRef, cfg: DPODataConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(DPO_STAGE, prepare_dpo(raw, cfg, ArtifactStore(store_root)))
+    return reported(DPO_STAGE, prepare_dpo(raw, cfg, open_store(store_root)))

@@ -1,6 +1,6 @@
 """Tokenizer stage: train a SentencePiece model on a bounded sample of the clean documents.
 
-    ref = train_tokenizer(docs_ref, TokenizerConfig(vocab_size=2000), ArtifactStore())
+    ref = train_tokenizer(docs_ref, TokenizerConfig(vocab_size=2000), open_store())
 
 SentencePiece loads every input sentence into memory, and users hit OOM at
 hundreds of GB on big corpora. So memory here is bounded by the sample size, not
@@ -53,7 +53,7 @@ from kiln.tokenizer import (
 )
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.documents import doc_shards, iter_documents
-from storage.store import ArtifactRef, ArtifactStore, Build, sha256_file
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store, sha256_file
 from tasks.common import reported, stage_task_options
 
 STAGE = "tokenizer"
@@ -187,7 +187,7 @@ def train_tokenizer(docs: ArtifactRef, cfg: TokenizerConfig, store: ArtifactStor
 @task(**stage_task_options(STAGE, CODE_VERSION, inputs=["docs"]))
 def tokenizer_task(docs: ArtifactRef, cfg: TokenizerConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key (see tasks.common)."""
-    return reported(STAGE, train_tokenizer(docs, cfg, ArtifactStore(store_root)))
+    return reported(STAGE, train_tokenizer(docs, cfg, open_store(store_root)))
 
 
 def _build_into(build: Build, docs: ArtifactRef, cfg: TokenizerConfig) -> None:

@@ -48,6 +48,6 @@ def bgwiki_sample() -> Path:
 @pytest.fixture
 def store(tmp_path: Path):
     """An empty artifact store in a temporary directory."""
-    from storage.store import ArtifactStore
+    from storage.store import open_store
 
-    return ArtifactStore(tmp_path / "artifacts")
+    return open_store(tmp_path / "artifacts")

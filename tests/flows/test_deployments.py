@@ -264,12 +264,12 @@ REPORT_FLOW = textwrap.dedent("""
     import sys
     from pathlib import Path
     from prefect import flow, task
-    from storage.store import ArtifactStore
+    from storage.store import open_store
     from tasks import report
 
     @task
     def build(root: str, png: str) -> str:
-        store = ArtifactStore(root)
+        store = open_store(root)
         def work(b):
             (b.dir / "tokens.bin").write_bytes(b"\\0" * 2048)
             b.counts.update({"documents": 1234, "tokens": 56789})

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from kiln.errors import KilnError
-from storage.store import MANIFEST, ArtifactStore, Build, artifact_key
+from storage.store import MANIFEST, ArtifactStore, Build, artifact_key, open_store
 from tasks.download import DownloadConfig, SourceSpec, download
 from tests.conftest import BGWIKI_SAMPLE, ENWIKI_SAMPLE, REPO_ROOT, gensim_file
 
@@ -35,7 +35,7 @@ TABLE_SAMPLE = "enwiki-table-markup.xml.bz2"
 CHILD = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
-    from storage.store import ArtifactStore, Build
+    from storage.store import ArtifactStore, Build, open_store
     from tasks.clean import CleanConfig, clean
     from tasks.download import DownloadConfig, SourceSpec, download
 
@@ -57,7 +57,7 @@ CHILD = textwrap.dedent("""
         Path(ready).write_text("ready")
         while not Path(go).exists():
             time.sleep(0.05)
-    store = ArtifactStore(root)
+    store = open_store(root)
     cfg = DownloadConfig(sources=[SourceSpec(name, url) for name, url in json.loads(sources)])
     ref = download(cfg, store)
     if stage == "clean":
@@ -116,7 +116,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Both stages run once without interruption: what every other run must reproduce byte for byte."""
     root = tmp_path_factory.mktemp("reference")
     ref = finish(start("clean", root, root / "marks.log"))
-    raw = ArtifactStore(root).list()[0]
+    raw = open_store(root).list()[0]
     return {"download": Path(raw["uri"]), "clean": Path(ref["uri"]), "marks": root / "marks.log"}
 
 
@@ -158,7 +158,7 @@ def test_two_runs_of_one_stage_at_once_build_it_once(reference: dict[str, Path],
     lines = marks.read_text().splitlines()
     units = [line.split(" ", 1)[1] for line in lines]
     assert sorted(units) == sorted(marked(reference["marks"])), "every unit was built exactly once"
-    store = ArtifactStore(root)
+    store = open_store(root)
     for m in store.list():
         store.verify(store.ref(m["stage"], m["key"]))
     assert data_digests(Path(results[0]["uri"])) == data_digests(reference["clean"])
@@ -188,7 +188,7 @@ def tiny_disk(tmp_path: Path) -> Any:
 
 
 def test_full_disk_is_one_line_naming_the_file_and_keeps_earlier_artifacts(tiny_disk: Path) -> None:
-    store = ArtifactStore(tiny_disk / "store")
+    store = open_store(tiny_disk / "store")
     small = download(DownloadConfig(sources=[SourceSpec("bg.xml.bz2", str(gensim_file(BGWIKI_SAMPLE)))]), store)
     with pytest.raises(KilnError) as err:  # the enwiki sample is 1.7 MB
         download(DownloadConfig(sources=[SourceSpec("en.xml.bz2", str(gensim_file(ENWIKI_SAMPLE)))]), store)

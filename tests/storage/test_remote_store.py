@@ -26,9 +26,9 @@ import pytest
 
 from kiln.errors import KilnError
 from storage import remote
-from storage.remote import RemoteArtifactStore
+from storage.remote import RemoteStore
 from storage.remote_check import dump_job_files, http_fingerprint
-from storage.store import ArtifactStore, Build, artifact_key
+from storage.store import Build, artifact_key, open_store
 from tasks.clean import CleanConfig, clean  # imported here: importing Prefect resets logging handlers (caplog's too)
 from tasks.download import DownloadConfig, SourceSpec, download
 from tests.conftest import REPO_ROOT, gensim_file
@@ -49,7 +49,7 @@ def write_units(build: Build, calls: list[str], *, fail_on: str | None = None, t
     build.counts["units"] = 2
 
 
-def forget_local_copies(store: RemoteArtifactStore) -> None:
+def forget_local_copies(store: RemoteStore) -> None:
     """What a fresh machine sees: an empty cache directory."""
     for child in store.root.iterdir():
         if child.is_dir():
@@ -58,7 +58,7 @@ def forget_local_copies(store: RemoteArtifactStore) -> None:
 
 
 @pytest.fixture
-def mem_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteArtifactStore]:
+def mem_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteStore]:
     """A remote store in fsspec's process-wide memory filesystem, with its own bucket and cache."""
     import fsspec
 
@@ -66,15 +66,15 @@ def mem_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Remot
     bucket = f"bucket-{uuid.uuid4().hex[:8]}"
     fs = fsspec.filesystem("memory")
     fs.mkdir(f"/{bucket}")
-    store = ArtifactStore(f"memory://{bucket}/kiln")
-    assert isinstance(store, RemoteArtifactStore)
+    store = open_store(f"memory://{bucket}/kiln")
+    assert isinstance(store, RemoteStore)
     yield store
     fs.rm(f"/{bucket}", recursive=True)
     remote._MATERIALIZED.clear()
 
 
 # -- the logic, on the in-memory filesystem --------------------------------------------------------
-def test_build_uploads_manifest_last_and_a_fresh_cache_downloads_it(mem_store: RemoteArtifactStore) -> None:
+def test_build_uploads_manifest_last_and_a_fresh_cache_downloads_it(mem_store: RemoteStore) -> None:
     calls: list[str] = []
     key = artifact_key("s", "1", {"v": 1}, [])
     token = mem_store.cache_token("s", key)
@@ -87,13 +87,13 @@ def test_build_uploads_manifest_last_and_a_fresh_cache_downloads_it(mem_store: R
     forget_local_copies(mem_store)
     assert (ref.path / "sub" / "a.txt").read_text() == "x" * 10  # downloaded on first use
     mem_store.verify(ref)
-    again = ArtifactStore(str(mem_store.root))  # what a task receives as store_root
-    assert isinstance(again, RemoteArtifactStore) and again.url == mem_store.url
+    again = open_store(mem_store.location)  # what a task receives as store_root
+    assert isinstance(again, RemoteStore) and again.url == mem_store.url
     assert again.produce("s", "1", {"v": 1}, [], lambda b: write_units(b, calls)) == ref
     assert calls == ["a", "b"]  # nothing rebuilt
 
 
-def test_killed_build_resumes_and_is_not_visible_remotely(mem_store: RemoteArtifactStore) -> None:
+def test_killed_build_resumes_and_is_not_visible_remotely(mem_store: RemoteStore) -> None:
     calls: list[str] = []
     with pytest.raises(RuntimeError, match="boom"):
         mem_store.produce("s", "1", {}, [], lambda b: write_units(b, calls, fail_on="b"))
@@ -104,7 +104,7 @@ def test_killed_build_resumes_and_is_not_visible_remotely(mem_store: RemoteArtif
 
 
 def test_failed_upload_leaves_no_artifact_and_the_retry_uploads_without_rebuilding(
-    mem_store: RemoteArtifactStore, monkeypatch: pytest.MonkeyPatch
+    mem_store: RemoteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     real_pipe = mem_store.fs.pipe_file
@@ -123,7 +123,7 @@ def test_failed_upload_leaves_no_artifact_and_the_retry_uploads_without_rebuildi
     assert calls == ["a", "b"] and mem_store.get("s", key) == ref
 
 
-def test_damaged_remote_file_is_refused_on_download(mem_store: RemoteArtifactStore) -> None:
+def test_damaged_remote_file_is_refused_on_download(mem_store: RemoteStore) -> None:
     ref = mem_store.produce("s", "1", {}, [], lambda b: write_units(b, []))
     manifest = mem_store.manifest(ref)
     mem_store.fs.pipe_file(f"{mem_store._data_prefix('s', ref.key, manifest)}/sub/a.txt", b"y" * 10)  # same size
@@ -133,7 +133,7 @@ def test_damaged_remote_file_is_refused_on_download(mem_store: RemoteArtifactSto
     assert not mem_store.mirror.final_dir("s", ref.key).exists()
 
 
-def test_two_machines_building_one_key_never_mix_files(tmp_path: Path, mem_store: RemoteArtifactStore,
+def test_two_machines_building_one_key_never_mix_files(tmp_path: Path, mem_store: RemoteStore,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # Machine A finishes its local build; machine B builds the same key (different bytes, as
     # nondeterministic GPU training would) and uploads first; then A uploads. The manifest
@@ -142,8 +142,8 @@ def test_two_machines_building_one_key_never_mix_files(tmp_path: Path, mem_store
     a = mem_store
     a.mirror.produce("s", "1", {}, [], lambda b: write_units(b, [], text="A"))
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "machine-b"))
-    b = ArtifactStore(a.url)
-    assert isinstance(b, RemoteArtifactStore) and b.root != a.root
+    b = open_store(a.url)
+    assert isinstance(b, RemoteStore) and b.root != a.root
     b.produce("s", "1", {}, [], lambda build: write_units(build, [], text="B"))
     a._upload("s", key)
     assert len(a.fs.ls(a._rpath("s", key))) == 3  # manifest + two build prefixes
@@ -153,7 +153,7 @@ def test_two_machines_building_one_key_never_mix_files(tmp_path: Path, mem_store
     assert len(doomed) == 1 and "data-" in str(doomed[0]) and a.get("s", key) is not None
 
 
-def test_gc_keeps_what_recent_runs_used_remotely_and_in_the_cache(mem_store: RemoteArtifactStore) -> None:
+def test_gc_keeps_what_recent_runs_used_remotely_and_in_the_cache(mem_store: RemoteStore) -> None:
     old = mem_store.produce("s", "1", {"v": 1}, [], lambda b: write_units(b, []))
     new = mem_store.produce("s", "1", {"v": 2}, [], lambda b: write_units(b, []))
     mem_store.record_run("first", {"s": old})
@@ -170,7 +170,7 @@ def test_gc_keeps_what_recent_runs_used_remotely_and_in_the_cache(mem_store: Rem
 
 def test_missing_bucket_fails_before_building(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
-    store = ArtifactStore(f"memory://no-such-bucket-{uuid.uuid4().hex[:6]}/kiln")
+    store = open_store(f"memory://no-such-bucket-{uuid.uuid4().hex[:6]}/kiln")
     calls: list[str] = []
     with pytest.raises(KilnError, match="bucket .* does not exist"):
         store.produce("s", "1", {}, [], lambda b: write_units(b, calls))
@@ -179,7 +179,7 @@ def test_missing_bucket_fails_before_building(tmp_path: Path, monkeypatch: pytes
 
 def test_credentials_in_the_url_are_refused_without_echoing_them() -> None:
     with pytest.raises(KilnError) as err:
-        ArtifactStore("s3://AKIAEXAMPLE:hunter2-secret@bucket/kiln")
+        open_store("s3://AKIAEXAMPLE:hunter2-secret@bucket/kiln")
     assert "hunter2" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
 
 
@@ -249,12 +249,12 @@ def test_download_and_clean_stages_on_s3_keep_secrets_out_of_manifests_and_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)  # everything any library logs, botocore's request dumps included
     root = f"s3://kiln/run-{uuid.uuid4().hex[:6]}"
-    store = ArtifactStore(root)
+    store = open_store(root)
     raw = download(DownloadConfig(sources=[SourceSpec("en.xml.bz2", str(gensim_file(ENWIKI)))]), store)
     assert raw.uri.startswith(root)
-    assert isinstance(store, RemoteArtifactStore)
+    assert isinstance(store, RemoteStore)
     forget_local_copies(store)  # clean runs "elsewhere": it must fetch its input from S3
-    docs = clean(raw, CleanConfig(docs_per_shard=40), ArtifactStore(str(store.root)))
+    docs = clean(raw, CleanConfig(docs_per_shard=40), open_store(store.location))
     assert store.get("clean", docs.key) == docs and store.manifest(docs)["counts"]["documents"] > 0
     forget_local_copies(store)
     store.verify(docs)
@@ -277,7 +277,7 @@ def test_wrong_secret_is_one_clear_line_and_leaves_nothing(
     root = f"s3://kiln/bad-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     calls: list[str] = []
-    store = ArtifactStore(root)
+    store = open_store(root)
     with pytest.raises(KilnError) as err:
         store.produce("s", "1", {}, [], lambda b: write_units(b, calls))
     message = str(err.value)

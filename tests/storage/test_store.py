@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore, Build, artifact_key
+from storage.store import ArtifactRef, ArtifactStore, Build, artifact_key, open_store
 
 
 def write_two_units(build: Build, calls: list[str], fail_on: str | None = None) -> None:
@@ -86,7 +86,7 @@ def _produce_in_child(root: str, out: str) -> None:
             fh.write("built\n")
         (build.dir / "x").write_text("x")
 
-    ArtifactStore(root).produce("s", "1", {}, [], work)
+    open_store(root).produce("s", "1", {}, [], work)
 
 
 def test_concurrent_builds_of_one_key_run_once(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import zstandard
 import tasks.clean as clean_module
 from kiln.errors import KilnError
 from storage.documents import DOC_FIELDS, doc_shards, iter_documents
-from storage.store import ArtifactRef, ArtifactStore
+from storage.store import ArtifactRef, ArtifactStore, open_store
 from tasks.clean import CleanConfig, clean, clean_task, key_config
 from tasks.download import DownloadConfig, SourceSpec, download
 from tasks.pipeline_config import load_pipeline_config
@@ -95,7 +95,7 @@ def tiny_raw(store: ArtifactStore, tmp_path: Path) -> ArtifactRef:
 
 @pytest.fixture(scope="module")
 def cleaned(tmp_path_factory: pytest.TempPathFactory, enwiki_sample: Path) -> tuple[ArtifactStore, ArtifactRef]:
-    store = ArtifactStore(tmp_path_factory.mktemp("clean") / "store")
+    store = open_store(tmp_path_factory.mktemp("clean") / "store")
     raw = raw_artifact(store, enwiki_sample)
     return store, clean(raw, CleanConfig(min_chars=0, docs_per_shard=50, **KEEP_ALL), store)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore
+from storage.store import ArtifactRef, ArtifactStore, open_store
 from tasks.clean import CleanConfig, clean
 from tasks.download import DownloadConfig, SourceSpec, download
 from tasks.text import assemble, pipeline
@@ -59,7 +59,7 @@ def data_files(ref: ArtifactRef) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> tuple[ArtifactStore, ArtifactRef]:
-    store = ArtifactStore(tmp_path_factory.mktemp("reference"))
+    store = open_store(tmp_path_factory.mktemp("reference"))
     return store, clean(split_raw(store, corpus), cfg_for(corpus), store)
 
 

@@ -16,7 +16,7 @@ from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from model import Llama, get_preset
 from storage.atomic import atomic_write_text
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.generate import GenerateConfig, generate
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
@@ -26,7 +26,7 @@ from trainer.checkpoint import export_final, load_final
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArtifactStore, ArtifactRef, ArtifactRef]:
     """A store with a 400-piece tokenizer and a 'pretrain' artifact holding a random debug model for it."""
-    store = ArtifactStore(tmp_path_factory.mktemp("generate-store"))
+    store = open_store(tmp_path_factory.mktemp("generate-store"))
     docs = make_docs_artifact(store, load_enwiki_docs(max_chars=2000, limit=30), n_shards=1)
     tok_ref = train_tokenizer(docs, TokenizerConfig(vocab_size=400), store)
     tok = Tokenizer.load(tok_ref.path)
@@ -61,7 +61,7 @@ def test_same_config_same_text_and_cached(refs, tmp_path) -> None:
     cfg = GenerateConfig(max_new_tokens=8, temperature=1.0, top_k=None, top_p=0.9)
     first = generate(model_ref, tok_ref, cfg, store)
     assert generate(model_ref, tok_ref, cfg, store) == first  # cached by key
-    again = generate(model_ref, tok_ref, cfg, ArtifactStore(tmp_path))  # recomputed elsewhere
+    again = generate(model_ref, tok_ref, cfg, open_store(tmp_path))  # recomputed elsewhere
     assert samples(again) == samples(first)
 
 

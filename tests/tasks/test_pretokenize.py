@@ -14,7 +14,7 @@ import tasks.pretokenize as stage
 from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from storage.documents import doc_shards
-from storage.store import ArtifactRef, ArtifactStore, sha256_file
+from storage.store import ArtifactRef, open_store, sha256_file
 from storage.token_shards import TokenShard, TokenShardWriter, list_shards
 from tasks.pretokenize import META_FILE, PretokenizeConfig, choose_engine, is_val, pretokenize
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
@@ -26,7 +26,7 @@ N_SHARDS = 3
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArtifactRef, ArtifactRef]:
     """Real docs (articles cut to 8k chars, two sources, 3 shards) and a 2000-piece tokenizer trained on them."""
-    store = ArtifactStore(tmp_path_factory.mktemp("pretok-inputs"))
+    store = open_store(tmp_path_factory.mktemp("pretok-inputs"))
     docs = make_docs_artifact(store, load_enwiki_docs(max_chars=8000), n_shards=N_SHARDS, sources=("wiki", "news"))
     return docs, train_tokenizer(docs, TokenizerConfig(vocab_size=2000), store)
 
@@ -51,7 +51,7 @@ def source_docs(docs: ArtifactRef) -> list[list[dict[str, Any]]]:
 
 def test_every_document_decodes_back_to_its_text(inputs, tmp_path: Path) -> None:
     docs, tok_ref = inputs
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     ref = pretokenize(docs, tok_ref, PretokenizeConfig(engine="serial", val_fraction=0.2), store)
     tok = Tokenizer.load(tok_ref.path)
     n_tokens = 0
@@ -76,7 +76,7 @@ def test_every_document_decodes_back_to_its_text(inputs, tmp_path: Path) -> None
 
 def test_add_bos_starts_every_document(inputs, tmp_path: Path) -> None:
     docs, tok_ref = inputs
-    ref = pretokenize(docs, tok_ref, PretokenizeConfig(engine="serial", add_bos=True), ArtifactStore(tmp_path))
+    ref = pretokenize(docs, tok_ref, PretokenizeConfig(engine="serial", add_bos=True), open_store(tmp_path))
     shard = TokenShard.open(ref.path / "train" / "00000")
     assert all(shard.document(j)[0] == 1 and shard.document(j)[-1] == 2 for j in range(len(shard)))
     assert shard.manifest["bos_id"] == 1
@@ -98,7 +98,7 @@ def test_output_bytes_do_not_depend_on_workers_or_engine(inputs, tmp_path: Path)
     docs, tok_ref = inputs
     runs = {}
     for engine, workers in (("serial", 1), ("dask", 2), ("processes", 2)):
-        store = ArtifactStore(tmp_path / engine)
+        store = open_store(tmp_path / engine)
         ref = pretokenize(docs, tok_ref, PretokenizeConfig(engine=engine, workers=workers), store)
         assert store.manifest(ref)["run"]["engine"] == engine
         runs[engine] = (ref.key, file_hashes(ref))
@@ -110,7 +110,7 @@ def test_output_bytes_do_not_depend_on_workers_or_engine(inputs, tmp_path: Path)
 def test_killed_run_resumes_with_only_missing_shards(inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     docs, tok_ref = inputs
     cfg = PretokenizeConfig(engine="serial")
-    reference = ArtifactStore(tmp_path / "ref")
+    reference = open_store(tmp_path / "ref")
     expected = file_hashes(pretokenize(docs, tok_ref, cfg, reference))
 
     real = stage.tokenize_shard
@@ -124,7 +124,7 @@ def test_killed_run_resumes_with_only_missing_shards(inputs, tmp_path: Path, mon
         return real(job)
 
     monkeypatch.setattr(stage, "tokenize_shard", crash_on_shard_1)
-    store = ArtifactStore(tmp_path / "crash")
+    store = open_store(tmp_path / "crash")
     with pytest.raises(RuntimeError, match="killed"):
         pretokenize(docs, tok_ref, cfg, store)
     assert computed == [0, 1]
@@ -144,7 +144,7 @@ def test_val_split_is_stable_and_near_fraction(inputs, tmp_path: Path) -> None:
     assert set(held_out) <= {i for i in ids if is_val(i, 0.05)}  # growing the fraction only adds documents
     assert not any(is_val(i, 0.0) for i in ids)
     docs, tok_ref = inputs
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     counts = store.manifest(pretokenize(docs, tok_ref, PretokenizeConfig(engine="serial", val_fraction=0.3), store))[
         "counts"
     ]
@@ -178,7 +178,7 @@ def test_prefect_wrappers_key_like_the_store(inputs, tmp_path: Path) -> None:
     docs, tok_ref = inputs
     cfg = PretokenizeConfig(engine="serial")
     ref = pretokenize_task.fn(docs, tok_ref, cfg, str(tmp_path))
-    assert ref == pretokenize(docs, tok_ref, cfg, ArtifactStore(tmp_path))
+    assert ref == pretokenize(docs, tok_ref, cfg, open_store(tmp_path))
     params = {"docs": docs, "tokenizer": tok_ref, "cfg": cfg, "store_root": str(tmp_path)}
     assert ref.key in pretokenize_task.cache_policy.compute_key(None, params, {})
     tok_cfg = TokenizerConfig(vocab_size=2000)

@@ -18,7 +18,7 @@ import tasks.pretrain as stage
 from kiln.config import load_config
 from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
-from storage.store import ArtifactRef, ArtifactStore, Build, artifact_key
+from storage.store import ArtifactRef, ArtifactStore, Build, artifact_key, open_store
 from storage.token_shards import write_token_shard
 from tasks.pretrain import PretrainConfig, launch_command, pretrain
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
@@ -49,7 +49,7 @@ def make_inputs(store: ArtifactStore) -> tuple[ArtifactRef, ArtifactRef]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArtifactRef, ArtifactRef]:
-    return make_inputs(ArtifactStore(tmp_path_factory.mktemp("pretrain-inputs")))
+    return make_inputs(open_store(tmp_path_factory.mktemp("pretrain-inputs")))
 
 
 def tiny_config(**run: object) -> PretrainConfig:
@@ -65,7 +65,7 @@ def tiny_config(**run: object) -> PretrainConfig:
 
 @pytest.fixture(scope="module")
 def trained(inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple[ArtifactStore, ArtifactRef]:
-    store = ArtifactStore(tmp_path_factory.mktemp("pretrain-store"))
+    store = open_store(tmp_path_factory.mktemp("pretrain-store"))
     tokens, tok = inputs
     return store, pretrain(tokens, tok, tiny_config(), store)
 
@@ -119,7 +119,7 @@ def test_rerun_returns_the_artifact_without_launching(inputs, trained, monkeypat
 
 
 def test_failing_trainer_is_a_kiln_error_and_leaves_no_artifact(inputs, tmp_path, monkeypatch) -> None:
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     # Valid config, impossible data: no shard holds one 20001-token sequence. Only the trainer finds out.
     cfg = dataclasses.replace(tiny_config(), data=DataSection(seq_len=20000, micro_batch_size=1),
                               model=dataclasses.replace(tiny_config().model, overrides={"max_seq_len": 20000}))
@@ -134,7 +134,7 @@ def test_failing_trainer_is_a_kiln_error_and_leaves_no_artifact(inputs, tmp_path
 
 
 def test_killed_run_resumes_from_its_checkpoint(inputs, trained, tmp_path, monkeypatch) -> None:
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     cfg = tiny_config()
     monkeypatch.setenv(STOP_ENV, "6")  # "killed" after step 6; the last checkpoint is step 4
     with pytest.raises(KilnError, match="stopped: after step 6"):

@@ -17,7 +17,7 @@ import pytest
 
 from kiln.chat import RecordError, detect_format, render_chat, to_messages, to_preference
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore
+from storage.store import ArtifactRef, ArtifactStore, open_store
 from tasks.download import DownloadConfig, SourceSpec, download
 from tasks.sft_data import DPODataConfig, SFTDataConfig, prepare_dpo, prepare_sft
 from trainer.sft_data import read_split
@@ -32,7 +32,7 @@ def build_chat_tokenizer(root: Path) -> Path:
     from tasks.tokenizer import TokenizerConfig, train_tokenizer
     from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
 
-    store = ArtifactStore(root)
+    store = open_store(root)
     docs = make_docs_artifact(store, load_enwiki_docs(max_chars=3000, limit=80), n_shards=1)
     return train_tokenizer(docs, TokenizerConfig(vocab_size=1000), store).path
 

@@ -15,7 +15,7 @@ import torch
 from kiln.chat import chat_loop, generate_text, load_model
 from kiln.config import load_config
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore, Build
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.dpo import DPOStageConfig, dpo
 from tasks.evaluate import EvaluateConfig, evaluate
 from tasks.export import ExportConfig, export
@@ -43,7 +43,7 @@ def test_shipped_configs_parse_for_trainer_and_stage(path):
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory, chat_tokenizer_dir) -> dict[str, ArtifactRef]:  # noqa: F811
     """A pretrain-like base artifact plus SFT and DPO data artifacts in one store."""
-    store = ArtifactStore(tmp_path_factory.mktemp("stages"))
+    store = open_store(tmp_path_factory.mktemp("stages"))
 
     def base_work(build: Build) -> None:
         write_base(build.dir, chat_tokenizer_dir)

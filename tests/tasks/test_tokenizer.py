@@ -13,7 +13,7 @@ import tasks.tokenizer as tokenizer_stage
 from kiln.config import from_dict
 from kiln.errors import KilnError
 from kiln.tokenizer import META_FILE, MODEL_FILE, Tokenizer, padded_vocab_size, save_hf_tokenizer
-from storage.store import ArtifactRef, ArtifactStore, artifact_key
+from storage.store import ArtifactRef, ArtifactStore, artifact_key, open_store
 from tasks.tokenizer import SAMPLE_FILE, TokenizerConfig, split_sentences, train_tokenizer
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
 
@@ -24,7 +24,7 @@ TRICKY = "Tabs\tand  double  spaces, digits 1234567, CJK 東京, emoji 😀, acc
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArtifactStore, ArtifactRef, ArtifactRef]:
     """A store holding a real 3-shard docs artifact and a 2000-piece BPE tokenizer trained on it."""
-    store = ArtifactStore(tmp_path_factory.mktemp("tok-store"))
+    store = open_store(tmp_path_factory.mktemp("tok-store"))
     docs = make_docs_artifact(store, load_enwiki_docs(), n_shards=3)
     return store, docs, train_tokenizer(docs, TokenizerConfig(vocab_size=VOCAB), store)
 
@@ -83,7 +83,7 @@ def test_model_vocab_is_padded_and_padding_ids_decode_to_nothing(corpus) -> None
 
 def test_sample_is_bounded_weighted_and_deterministic(tmp_path: Path) -> None:
     """A corpus with far more sentences than input_sentence_size trains on exactly the bound, per weight."""
-    store = ArtifactStore(tmp_path / "a")
+    store = open_store(tmp_path / "a")
     docs = make_docs_artifact(store, load_enwiki_docs(), n_shards=2, sources=("wiki-a", "wiki-b"))
     cfg = TokenizerConfig(vocab_size=600, input_sentence_size=400, source_weights={"wiki-a": 3.0, "wiki-b": 1.0})
     ref = train_tokenizer(docs, cfg, store)
@@ -94,7 +94,7 @@ def test_sample_is_bounded_weighted_and_deterministic(tmp_path: Path) -> None:
     assert not (ref.path / SAMPLE_FILE).exists() and SAMPLE_FILE not in store.manifest(ref)["files"]
     assert store.manifest(ref)["peak_rss_mb"] > 0
     # Same config in another store (other paths, other thread count): byte-identical model.
-    other = ArtifactStore(tmp_path / "b")
+    other = open_store(tmp_path / "b")
     docs_b = make_docs_artifact(other, load_enwiki_docs(), n_shards=2, sources=("wiki-a", "wiki-b"))
     ref_b = train_tokenizer(docs_b, dataclasses.replace(cfg, num_threads=1), other)
     assert ref_b.key == ref.key
@@ -104,7 +104,7 @@ def test_sample_is_bounded_weighted_and_deterministic(tmp_path: Path) -> None:
 
 def test_normalizing_models_encode_whole_texts(tmp_path: Path) -> None:
     """nmt_nfkc rewrites whitespace, so line-by-line encoding would not be exact: it must be off."""
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     docs = make_docs_artifact(store, load_enwiki_docs(limit=20), n_shards=1, tag="twenty")
     cfg = TokenizerConfig(vocab_size=500, normalization_rule_name="nmt_nfkc", input_sentence_size=2000)
     tok = Tokenizer.load(train_tokenizer(docs, cfg, store).path)
@@ -113,7 +113,7 @@ def test_normalizing_models_encode_whole_texts(tmp_path: Path) -> None:
 
 
 def test_unigram_trains_round_trips_and_exports(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     docs = make_docs_artifact(store, load_enwiki_docs(limit=30), n_shards=1, tag="thirty")
     cfg = TokenizerConfig(vocab_size=600, model_type="unigram", input_sentence_size=3000)
     ref = train_tokenizer(docs, cfg, store)
@@ -163,7 +163,7 @@ def test_bad_configs_name_the_key(tmp_path: Path) -> None:
         TokenizerConfig(normalization_rule_name="lowercase")
     with pytest.raises(KilnError, match="tokenizer.chat_tokens"):
         TokenizerConfig(chat_tokens=("<s>",))
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     docs = make_docs_artifact(store, load_enwiki_docs(limit=5), n_shards=1, tag="five")
     with pytest.raises(KilnError, match=r"tokenizer.vocab_size: 20000 is too large for this corpus sample"):
         train_tokenizer(docs, TokenizerConfig(vocab_size=20000, input_sentence_size=300), store)

@@ -4,7 +4,7 @@ The wiki cleaner is another stage, so these helpers carry their own tiny regex
 extractor: good enough to give real English prose with real punctuation, digits
 and Unicode, not a faithful renderer of wikitext.
 
-    store = ArtifactStore(tmp_path)
+    store = open_store(tmp_path)
     docs = make_docs_artifact(store, n_shards=3)   # a "clean" artifact with docs/part-0000{0,1,2}.parquet
 """
 

@@ -11,7 +11,7 @@ import torch
 
 from kiln.chat import load_model
 from kiln.tokenizer import Tokenizer
-from storage.store import ArtifactStore
+from storage.store import open_store
 from tasks.sft_data import DPODataConfig, prepare_dpo
 from tests.tasks.test_sft_data import DEMO_DPO, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)
 from tests.trainer.test_sft import write_base
@@ -24,7 +24,7 @@ from trainer.sft_data import PreferenceDataset, read_split
 @pytest.fixture(scope="module")
 def dpo_setup(tmp_path_factory, chat_tokenizer_dir) -> dict[str, Path]:  # noqa: F811
     root = tmp_path_factory.mktemp("dpo")
-    store = ArtifactStore(root / "store")
+    store = open_store(root / "store")
     data = prepare_dpo(raw_artifact(store, DEMO_DPO), DPODataConfig(val_fraction=0.25), store)
     return {"base": write_base(root / "base", chat_tokenizer_dir), "data": data.path}
 

@@ -17,7 +17,7 @@ import torch
 from kiln.chat import ChatSession, load_model
 from kiln.tokenizer import Tokenizer
 from model import IGNORE_INDEX, Llama, get_preset
-from storage.store import ArtifactStore
+from storage.store import open_store
 from tasks.sft_data import SFTDataConfig, prepare_sft
 from tests.tasks.test_sft_data import DEMO_SFT, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)
 from tests.trainer.conftest import train_losses
@@ -55,7 +55,7 @@ def write_base(base_dir: Path, tokenizer_dir: Path) -> Path:
 def sft_setup(tmp_path_factory, chat_tokenizer_dir) -> dict[str, Path]:  # noqa: F811
     """The base model and the demo SFT artifact."""
     root = tmp_path_factory.mktemp("sft")
-    store = ArtifactStore(root / "store")
+    store = open_store(root / "store")
     data = prepare_sft(raw_artifact(store, DEMO_SFT), SFTDataConfig(val_fraction=0.2), store)
     return {"base": write_base(root / "base", chat_tokenizer_dir), "data": data.path}
 
