@@ -88,7 +88,7 @@ def cluster_startup(workers: int) -> float:
     """Start a cluster as the clean stage does, run one trivial task, stop it."""
     from distributed import Client
 
-    from tasks.text.executor import local_cluster
+    from tasks.runner import local_cluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # start/stop chatter
     started = time.perf_counter()

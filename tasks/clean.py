@@ -14,7 +14,7 @@ a killed stage reruns only what is missing and writes byte-identical shards:
    removal across all sources in input order, and the plan of the final shards;
 3. write the final shards (`tasks.text.assemble.write_shard`), in parallel.
 
-Units run serially or on Dask (`tasks.text.executor`); the result never depends on which,
+Units run serially or on Dask (`tasks.runner`); the result never depends on which,
 nor on the number of workers. The artifact holds ``docs/part-<input>-<k>.parquet``,
 optionally ``jsonl/part-<input>-<k>-<j>.jsonl.zst``, and ``report.json`` + ``report.md``
 (per source: documents and characters in and out, drops by reason); the manifest's
@@ -40,10 +40,10 @@ from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.common import reported, stage_task_options
 from tasks.download import FILES_DIR
 from tasks.report import artifact_key, progress
+from tasks.runner import choose_engine, open_runner
 from tasks.text import assemble, pipeline
 from tasks.text.clean_report import REPORT_JSON, REPORT_MD, build_report, flat_counts, to_json, to_markdown
 from tasks.text.dedup import lsh_params
-from tasks.text.executor import choose_engine, open_runner
 from tasks.text.filters import FilterConfig
 from tasks.text.units import Unit, discover_inputs, input_fingerprints, plan_units, unit_from_dict, unit_to_dict
 from tasks.text.wikitext import WikitextOptions

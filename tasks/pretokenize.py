@@ -9,7 +9,7 @@ A document goes to val when a stable hash of its id falls under `val_fraction`,
 so the split depends on nothing but the id, and the bytes written depend on
 neither the number of workers nor the engine.
 
-Engines (runtime settings, never part of the artifact key):
+Engines (runtime settings, never part of the artifact key; `tasks.runner` runs them for every data stage):
 - ``serial``: this process; SentencePiece still encodes each batch on `workers` threads.
 - ``processes``: a spawn-based ``ProcessPoolExecutor`` of `workers` processes.
 - ``dask``: a ``dask.distributed.LocalCluster`` of `workers` single-threaded processes
@@ -31,20 +31,15 @@ Artifact layout::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-import logging
-import multiprocessing
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow.parquet as pq
 from prefect import task
@@ -56,13 +51,13 @@ from storage.atomic import atomic_write_text
 from storage.documents import doc_shards
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import TokenShardWriter
+from tasks import runner
 from tasks.common import reported, stage_task_options
 
 STAGE = "pretokenize"
 CODE_VERSION = "1"
 SPLITS = ("train", "val")
 META_FILE = "pretokenize_meta.json"
-Engine = Literal["auto", "serial", "processes", "dask"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class PretokenizeConfig:
     """Documents per SentencePiece batch-encode call (memory vs. call overhead)."""
     workers: int = runtime_field(2)
     """Worker processes (threads for the serial engine)."""
-    engine: Engine = runtime_field("auto")
+    engine: runner.EngineName = runtime_field("auto")
     """"auto", "serial", "processes" or "dask" (see the module docstring)."""
     serial_max_mb: int = runtime_field(16)
     """With engine "auto", pending Parquet input below this many MB is done serially (no start-up cost)."""
@@ -90,7 +85,7 @@ class PretokenizeConfig:
         for name in ("batch_size", "workers", "serial_max_mb"):
             if getattr(self, name) < 1:
                 raise KilnError(f"pretokenize.{name}: must be ≥ 1, got {getattr(self, name)!r}")
-        if self.engine not in ("auto", "serial", "processes", "dask"):
+        if self.engine not in ("auto", *runner.ENGINES):
             raise KilnError(f"pretokenize.engine: must be auto, serial, processes or dask, got {self.engine!r}")
 
 
@@ -199,10 +194,9 @@ def _pretokenize_into(build: Build, docs: ArtifactRef, tokenizer: ArtifactRef, c
         for i in pending
     ]
 
-    def done(job: ShardJob, counts: dict[str, Any]) -> None:
-        build.mark_done(_unit(job.index), counts)
-
-    RUNNERS[engine](jobs, cfg, done)
+    with runner.open_runner(engine, cfg.workers, cfg.dask_address) as units:
+        # each shard is marked done as soon as it lands, so a killed stage redoes only the rest
+        units.run(tokenize_shard, [(_unit(job.index), (job,)) for job in jobs], build.mark_done)
     per_shard = [build.unit_info(_unit(i)) for i in range(len(shards))]
     totals: dict[str, Any] = {key: sum(c[key] for c in per_shard) for key in per_shard[0] if key != "tokens_per_source"}
     totals["tokens_per_source"] = _merge_counts(c["tokens_per_source"] for c in per_shard)
@@ -241,78 +235,8 @@ def _write_meta(
 
 
 # -- engines ---------------------------------------------------------------------------
-Done = Callable[[ShardJob, dict[str, Any]], None]
-
-
 def choose_engine(cfg: PretokenizeConfig, pending: Sequence[Path]) -> str:
     """The engine `auto` stands for, given the shards left to do."""
-    if cfg.engine != "auto":
-        return cfg.engine
-    if cfg.dask_address:
-        return "dask"
-    small = sum(p.stat().st_size for p in pending) < cfg.serial_max_mb * 2**20
-    return "serial" if len(pending) <= 1 or cfg.workers == 1 or small else "dask"
-
-
-def _run_serial(jobs: Sequence[ShardJob], cfg: PretokenizeConfig, done: Done) -> None:
-    for job in jobs:
-        done(job, tokenize_shard(job))
-
-
-def _run_processes(jobs: Sequence[ShardJob], cfg: PretokenizeConfig, done: Done) -> None:
-    # spawn, not fork: the caller may be a Prefect worker with threads and an event loop running.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)) or 1, mp_context=ctx) as pool:
-        futures = {pool.submit(tokenize_shard, job): job for job in jobs}
-        try:
-            for fut in as_completed(futures):
-                done(futures[fut], fut.result())  # mark each shard as soon as it lands
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _run_dask(jobs: Sequence[ShardJob], cfg: PretokenizeConfig, done: Done) -> None:
-    try:
-        from dask import config as dask_config
-        from dask.distributed import Client
-        from dask.distributed import as_completed as dask_as_completed
-    except ImportError:
-        raise KilnError("pretokenize.engine 'dask' needs dask[distributed]: pip install 'dask[distributed]'") from None
-    with contextlib.ExitStack() as stack:
-        # Prefect's root log handler would print every scheduler/worker INFO line. Worker processes
-        # read dask config from the environment when they import dask, so set it there too.
-        stack.enter_context(dask_config.set({"logging.distributed": "warning"}))
-        stack.enter_context(_env("DASK_LOGGING__DISTRIBUTED", "warning"))
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-        if cfg.dask_address:
-            client = stack.enter_context(Client(cfg.dask_address))
-        else:
-            from tasks.text.executor import local_cluster  # restores the env Dask's nannies change
-
-            cluster = stack.enter_context(local_cluster(min(cfg.workers, len(jobs)) or 1))
-            client = stack.enter_context(Client(cluster))
-        futures = client.map(tokenize_shard, list(jobs), pure=False)
-        by_key = {f.key: job for f, job in zip(futures, jobs, strict=True)}
-        for fut in dask_as_completed(futures):
-            done(by_key[fut.key], fut.result())  # mark each shard as soon as it lands
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-RUNNERS: dict[str, Callable[[Sequence[ShardJob], PretokenizeConfig, Done], None]] = {
-    "serial": _run_serial,
-    "processes": _run_processes,
-    "dask": _run_dask,
-}
+    input_bytes = sum(p.stat().st_size for p in pending) if cfg.engine == "auto" and not cfg.dask_address else 0
+    return runner.choose_engine(cfg.engine, cfg.dask_address, input_bytes, cfg.serial_max_mb * 2**20, len(pending),
+                                cfg.workers)

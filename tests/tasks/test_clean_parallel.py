@@ -20,8 +20,8 @@ from kiln.errors import KilnError
 from storage.store import ArtifactRef, ArtifactStore, open_store
 from tasks.clean import CleanConfig, clean
 from tasks.download import DownloadConfig, SourceSpec, download
+from tasks.runner import choose_engine, local_cluster
 from tasks.text import assemble, pipeline
-from tasks.text.executor import choose_engine, local_cluster
 from tasks.text.multistream import write_multistream
 from tasks.text.units import discover_inputs, stream_offsets
 from tests.tasks.test_clean import docs_of, hanzi_prose, pile_record, prose, write_pile, write_wudao

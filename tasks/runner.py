@@ -1,9 +1,11 @@
-"""Run a stage's units in this process or on Dask, reporting each one as it finishes.
+"""The one runner of every data stage's units (clean, pretokenize): in this process, in local processes, or on Dask.
 
     with open_runner("dask", workers=4) as runner:
         runner.run(run_unit, [(name, args), ...], on_done=lambda name, result: ...)
 
 - ``serial``: a plain loop; no start-up cost, and monkeypatching works (tests use it).
+- ``processes``: a spawn-based process pool on this machine (no Dask needed; spawn, not fork,
+  because the caller may be a Prefect worker with threads and an event loop running).
 - ``dask``: a `distributed.LocalCluster` of `workers` single-threaded processes (the GIL-bound
   cleaning needs processes), or an existing cluster at `address`. The cluster starts on the
   first call that has work, so a resumed stage with nothing left to do never starts one.
@@ -18,23 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Literal
 
-log = logging.getLogger("kiln.clean")
+log = logging.getLogger("kiln.runner")
 Job = tuple[str, tuple[Any, ...]]
-EngineName = Literal["auto", "dask", "serial"]
+EngineName = Literal["auto", "serial", "processes", "dask"]
+ENGINES = ("serial", "processes", "dask")
 
 
-def choose_engine(engine: EngineName, address: str, input_bytes: int, serial_below: int, n_units: int) -> str:
-    """``serial`` or ``dask``: auto picks Dask for a cluster address, or for inputs worth a cluster's start-up."""
+def choose_engine(engine: str, address: str, input_bytes: int, serial_below: int, n_units: int,
+                  workers: int = 0) -> str:
+    """The engine ``auto`` stands for: Dask for a cluster address, or for inputs worth a cluster's start-up
+    (several units, at least `serial_below` bytes, and more than one worker); else serial."""
     if engine != "auto":
         return engine
     if address:
         return "dask"
-    return "serial" if input_bytes < serial_below or n_units < 2 else "dask"
+    return "serial" if input_bytes < serial_below or n_units < 2 or workers == 1 else "dask"
 
 
 def default_workers() -> int:
@@ -55,6 +62,26 @@ class SerialRunner:
             on_done(name, fn(*args))
 
 
+class ProcessRunner:
+    """Runs units in a pool of `workers` spawned processes on this machine."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def run(self, fn: Callable[..., Any], jobs: Sequence[Job], on_done: Callable[[str, Any], None]) -> None:
+        if not jobs:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=max(1, min(self.workers, len(jobs))), mp_context=ctx) as pool:
+            futures = {pool.submit(fn, *args): name for name, args in jobs}
+            try:
+                for future in as_completed(futures):
+                    on_done(futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
 class DaskRunner:
     """Runs units on a Dask cluster: a local one started on first use, or the one at `address`."""
 
@@ -68,13 +95,13 @@ class DaskRunner:
     def run(self, fn: Callable[..., Any], jobs: Sequence[Job], on_done: Callable[[str, Any], None]) -> None:
         if not jobs:
             return
-        from distributed import as_completed
+        from distributed import as_completed as dask_as_completed
 
         client = self._connect(len(jobs))
         tag = uuid.uuid4().hex[:8]  # Dask keys must be unique per submission
         futures = {client.submit(fn, *args, key=f"{name}-{tag}", pure=False): name for name, args in jobs}
         try:
-            for future in as_completed(futures):
+            for future in dask_as_completed(futures):
                 on_done(futures[future], future.result())
         except BaseException:
             client.cancel(list(futures))
@@ -83,21 +110,23 @@ class DaskRunner:
     def _connect(self, n_jobs: int) -> Any:
         if self._client is not None:
             return self._client
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ImportError("the dask engine needs dask[distributed]: pip install 'dask[distributed]'") from None
+        import dask.config
+        from distributed import Client
+
+        # Its start and shutdown chatter (dozens of INFO lines) would bury the stage's own log; worker
+        # processes read dask config from the environment when they import dask, so set it there too.
+        quiet = logging.getLogger("distributed")
+        self._stack.callback(quiet.setLevel, quiet.level)
+        quiet.setLevel(logging.WARNING)
+        self._stack.enter_context(dask.config.set({"logging.distributed": "warning"}))
+        self._stack.enter_context(_env("DASK_LOGGING__DISTRIBUTED", "warning"))
         if self.address:
-            log.info("clean: connecting to the Dask cluster at %s", self.address)
+            log.info("connecting to the Dask cluster at %s", self.address)
             self._client = self._stack.enter_context(Client(self.address))
             self.workers = len(self._client.scheduler_info()["workers"])
         else:
             n = max(1, min(self.workers, n_jobs))
-            log.info("clean: starting a local Dask cluster of %d worker processes", n)
-            # Its start and shutdown chatter (dozens of INFO lines) would bury the stage's own log.
-            quiet = logging.getLogger("distributed")
-            self._stack.callback(quiet.setLevel, quiet.level)
-            quiet.setLevel(logging.WARNING)
+            log.info("starting a local Dask cluster of %d worker processes", n)
             cluster = self._stack.enter_context(local_cluster(n))
             self._client = self._stack.enter_context(Client(cluster))
         return self._client
@@ -136,13 +165,32 @@ def local_cluster(n: int) -> Any:
 
 
 @contextlib.contextmanager
-def open_runner(engine: str, workers: int = 0, address: str = "") -> Iterator[SerialRunner | DaskRunner]:
-    """A runner for `engine` (``serial`` or ``dask``), closed (cluster stopped) on exit."""
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+Runner = SerialRunner | ProcessRunner | DaskRunner
+
+
+@contextlib.contextmanager
+def open_runner(engine: str, workers: int = 0, address: str = "") -> Iterator[Runner]:
+    """A runner for `engine` (one of `ENGINES`), closed (cluster stopped) on exit."""
     if engine == "serial":
         yield SerialRunner()
         return
+    if engine == "processes":
+        yield ProcessRunner(workers or default_workers())
+        return
     if engine != "dask":
-        raise ValueError(f"engine {engine!r}: use 'serial' or 'dask'")
+        raise ValueError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
     runner = DaskRunner(workers or default_workers(), address)
     try:
         yield runner
