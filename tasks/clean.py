@@ -252,11 +252,16 @@ def _write_report(build: Build, units: list[Unit], dedup: dict[str, Any], cfg: C
     build.mark_done("report")
 
 
+def create_markdown_artifact(**kwargs: Any) -> Any:
+    """Prefect's, imported on first use so that loading this module (the DAG, `kiln plan`) does not import Prefect."""
+    from prefect.artifacts import create_markdown_artifact as create
+
+    return create(**kwargs)
+
+
 @CLEAN.task
 def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; publishes the stage card and the per-source report in the UI."""
-    from prefect.artifacts import create_markdown_artifact
-
     ref = reported(STAGE, clean(raw, cfg, ArtifactStore(store_root)))
     try:
         create_markdown_artifact(
