@@ -121,9 +121,7 @@ def _flatten(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, (str, list, dict)) or value is None:
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    return json.dumps(value, ensure_ascii=False)  # as in the manifest: "text", 3000, true, null
 
 
 def render(stages: Sequence[StagePlan]) -> str:

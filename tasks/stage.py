@@ -65,7 +65,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         if not set(self.optional) <= set(self.inputs):
-            raise KilnError(f"stage {self.name}: optional inputs {self.optional} are not among {self.inputs}")
+            raise ValueError(f"stage {self.name}: optional inputs {self.optional} are not among {self.inputs}")
 
     def key_material(self, cfg: Any, refs: Refs) -> tuple[Any, list[ArtifactRef]]:
         """(hashed config, hashed input refs): what `artifact_key` and the manifest get for this call."""
@@ -102,7 +102,7 @@ class Stage:
         """Decorator: `fn` (the stage's inputs, then ``cfg, store_root``) as this stage's Prefect task."""
         params = tuple(inspect.signature(fn).parameters)
         if params != (*self.inputs, *TASK_PARAMS):
-            raise KilnError(f"{fn.__name__}: parameters {params} must be the inputs of stage {self.name} "
+            raise TypeError(f"{fn.__name__}: parameters {params} must be the inputs of stage {self.name} "
                             f"{self.inputs} followed by {TASK_PARAMS}")
         return StageTask(self, fn)
 

@@ -84,9 +84,9 @@ def test_task_parameters_must_follow_the_declaration() -> None:
     def wrong(b: ArtifactRef, a: ArtifactRef, cfg: dict, store_root: str) -> ArtifactRef:
         raise AssertionError
 
-    with pytest.raises(KilnError, match=r"must be the inputs of stage s \('a', 'b'\)"):
+    with pytest.raises(TypeError, match=r"must be the inputs of stage s \('a', 'b'\)"):
         stage.task(wrong)
-    with pytest.raises(KilnError, match="optional inputs"):
+    with pytest.raises(ValueError, match="optional inputs"):
         Stage("s", "1", dict, inputs=("a",), optional=("c",))
 
 
