@@ -5,15 +5,18 @@
     sft_download ─▶ sft_data ─────────────────────────▶ sft ─▶ dpo ─▶ evaluate, export
     dpo_download ─▶ dpo_data ────────────────────────────────▶ ┘
 
-Post-training stages run only when the config names their data (``[sft_download]``,
-``[dpo_download]``). Each task is called with ``return_state=True`` so the flow can
-report, per stage, whether it ran or came from the cache (what the UI shows as Cached).
+A step is a declared stage (`tasks.stage.Stage`, reached through its task) plus where
+each of its inputs comes from; what a step needs follows from that. Post-training
+steps run only when the config names their data (``[sft_download]``,
+``[dpo_download]``): a step whose section is unset, or whose required input has no
+enabled provider, is off. Each task is called with ``return_state=True`` so the flow
+can report, per stage, whether it ran or came from the cache (what the UI shows as Cached).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,73 +33,104 @@ from tasks.pretokenize import pretokenize_task
 from tasks.pretrain import pretrain_task
 from tasks.sft import sft_task
 from tasks.sft_data import prepare_dpo_task, prepare_sft_task
+from tasks.stage import Stage, StageTask
 from tasks.tokenizer import tokenizer_task
 
 Refs = dict[str, ArtifactRef]
 
-
-def final_model(refs: Refs) -> ArtifactRef:
-    """The most trained model among the stages that ran."""
-    return refs.get("dpo") or refs.get("sft") or refs["pretrain"]
+# The most trained model among the steps that are on: evaluate and export take it.
+FINAL_MODEL = ("dpo", "sft", "pretrain")
 
 
 @dataclass(frozen=True)
 class Step:
-    """A stage in the DAG: what it needs and how to call its task."""
+    """A stage in the DAG: its task and, per stage input, the step(s) providing it (the first one that is on)."""
 
-    needs: tuple[str, ...]
-    call: Callable[[PipelineConfig, Refs, str], Any]
-    enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
+    task: StageTask
+    sources: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+    section: str = ""
+    """Its `PipelineConfig` field; empty means the step's own name."""
+
+    @property
+    def stage(self) -> Stage:
+        return self.task.stage
 
 
 STEPS: dict[str, Step] = {
-    "download": Step((), lambda c, r, root: download_task(c.download, root, return_state=True)),
-    "clean": Step(("download",), lambda c, r, root: clean_task(r["download"], c.clean, root, return_state=True)),
-    "tokenizer": Step(("clean",), lambda c, r, root: tokenizer_task(r["clean"], c.tokenizer, root, return_state=True)),
-    "pretokenize": Step(("clean", "tokenizer"), lambda c, r, root: pretokenize_task(
-        r["clean"], r["tokenizer"], c.pretokenize, root, return_state=True)),
-    "pretrain": Step(("pretokenize", "tokenizer"), lambda c, r, root: pretrain_task(
-        r["pretokenize"], r["tokenizer"], c.pretrain, root, return_state=True)),
-    "generate": Step(("pretrain", "tokenizer"), lambda c, r, root: generate_task(
-        r["pretrain"], r["tokenizer"], c.generate, root, return_state=True)),
-    "sft_download": Step((), lambda c, r, root: download_task(c.sft_download, root, return_state=True),
-                         enabled=lambda c: c.sft_download is not None),
-    "sft_data": Step(("sft_download",), lambda c, r, root: prepare_sft_task(
-        r["sft_download"], c.sft_data, root, return_state=True), enabled=lambda c: c.sft_download is not None),
-    "sft": Step(("pretrain", "sft_data"), lambda c, r, root: sft_task(
-        r["pretrain"], r["sft_data"], c.sft, root, return_state=True), enabled=lambda c: c.sft_download is not None),
-    "dpo_download": Step((), lambda c, r, root: download_task(c.dpo_download, root, return_state=True),
-                         enabled=lambda c: c.dpo_download is not None),
-    "dpo_data": Step(("dpo_download",), lambda c, r, root: prepare_dpo_task(
-        r["dpo_download"], c.dpo_data, root, return_state=True), enabled=lambda c: c.dpo_download is not None),
-    "dpo": Step(("sft", "dpo_data"), lambda c, r, root: dpo_task(
-        r["sft"], r["dpo_data"], c.dpo, root, return_state=True),
-        enabled=lambda c: c.sft_download is not None and c.dpo_download is not None),
-    "evaluate": Step(("pretrain", "pretokenize", "sft", "dpo"), lambda c, r, root: evaluate_task(
-        final_model(r), r["pretokenize"], r.get("sft_data"), c.evaluate, root, return_state=True)),
-    "export": Step(("pretrain", "sft", "dpo"), lambda c, r, root: export_task(
-        final_model(r), c.export, root, return_state=True)),
+    "download": Step(download_task),
+    "clean": Step(clean_task, {"raw": "download"}),
+    "tokenizer": Step(tokenizer_task, {"docs": "clean"}),
+    "pretokenize": Step(pretokenize_task, {"docs": "clean", "tokenizer": "tokenizer"}),
+    "pretrain": Step(pretrain_task, {"tokens": "pretokenize", "tokenizer": "tokenizer"}),
+    "generate": Step(generate_task, {"model_ref": "pretrain", "tokenizer_ref": "tokenizer"}),
+    "sft_download": Step(download_task),
+    "sft_data": Step(prepare_sft_task, {"raw": "sft_download"}),
+    "sft": Step(sft_task, {"base": "pretrain", "data": "sft_data"}),
+    "dpo_download": Step(download_task),
+    "dpo_data": Step(prepare_dpo_task, {"raw": "dpo_download"}),
+    "dpo": Step(dpo_task, {"base": "sft", "data": "dpo_data"}),
+    "evaluate": Step(evaluate_task, {"model": FINAL_MODEL, "tokens": "pretokenize", "chat": "sft_data"}),
+    "export": Step(export_task, {"model": FINAL_MODEL}),
 }
 STAGES = tuple(STEPS)
 
 
+def section(cfg: PipelineConfig, step: str) -> Any:
+    """The config section a step runs with (None: not configured)."""
+    return getattr(cfg, STEPS[step].section or step)
+
+
+def wiring(cfg: PipelineConfig) -> dict[str, dict[str, str | None]]:
+    """Per enabled step, in DAG order: each stage input → the step providing it (None: an optional input left out)."""
+    wired: dict[str, dict[str, str | None]] = {}
+    for name, step in STEPS.items():
+        if section(cfg, name) is None:
+            continue
+        chosen: dict[str, str | None] = {}
+        for inp in step.stage.inputs:
+            options = step.sources.get(inp, ())
+            options = (options,) if isinstance(options, str) else options
+            chosen[inp] = next((s for s in options if s in wired), None)
+        if all(src is not None or inp in step.stage.optional for inp, src in chosen.items()):
+            wired[name] = chosen
+    return wired
+
+
 def plan(cfg: PipelineConfig, until: str) -> list[str]:
     """Stages to run, in DAG order: `until` and everything enabled that it needs ("all": every enabled stage)."""
-    if until != "all" and until not in STEPS:
-        raise KilnError(f"unknown stage {until!r}; stages: all, {', '.join(STAGES)}")
-    if until != "all" and not STEPS[until].enabled(cfg):
+    check_until(until)
+    wired = wiring(cfg)
+    if until != "all" and until not in wired:
         raise KilnError(f"stage {until!r} needs its data configured ([sft_download] / [dpo_download] sections)")
     wanted: set[str] = set()
 
     def need(stage: str) -> None:
-        if stage not in wanted and STEPS[stage].enabled(cfg):
+        if stage not in wanted:
             wanted.add(stage)
-            for dep in STEPS[stage].needs:
-                need(dep)
+            for dep in wired[stage].values():
+                if dep is not None:
+                    need(dep)
 
-    for stage in STAGES if until == "all" else (until,):
+    for stage in wired if until == "all" else (until,):
         need(stage)
     return [s for s in STAGES if s in wanted]
+
+
+def check_until(until: str) -> None:
+    """KilnError naming the valid stages unless `until` is one of them (or "all")."""
+    if until != "all" and until not in STEPS:
+        raise KilnError(f"unknown stage {until!r} for --until; stages: all, {', '.join(STAGES)}")
+
+
+def step_inputs(cfg: PipelineConfig, step: str, refs: Mapping[str, ArtifactRef]) -> dict[str, ArtifactRef | None]:
+    """A step's stage inputs, from the refs of the steps before it."""
+    return {inp: None if src is None else refs[src] for inp, src in wiring(cfg)[step].items()}
+
+
+def run_step(cfg: PipelineConfig, step: str, refs: Mapping[str, ArtifactRef], root: str) -> Any:
+    """Call a step's Prefect task; its final state (Completed, Cached, Failed …)."""
+    inputs = step_inputs(cfg, step, refs)
+    return STEPS[step].task(*inputs.values(), section(cfg, step), root, return_state=True)
 
 
 @dataclass
@@ -129,7 +163,7 @@ def run_dag(config: str, overrides: Sequence[str] = (), until: str = "all") -> D
     root = open_store(cfg.store.root or None).location  # a URL for object stores, so remote workers agree
     result = DagResult()
     for stage in plan(cfg, until):
-        state = STEPS[stage].call(cfg, result.refs, root)
+        state = run_step(cfg, stage, result.refs, root)
         result.states[stage] = state.name
         result.refs[stage] = state.result()  # raises the stage's error if it failed
     open_store(root).record_run(f"{config} until {until}", result.refs)

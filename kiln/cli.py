@@ -3,11 +3,12 @@
     kiln run configs/demo.toml                 # the whole DAG (finished stages are cached)
     kiln run configs/demo.toml --until clean   # a stage and what it depends on
     kiln run configs/demo.toml -s pretrain.steps=50 -s tokenizer.vocab_size=4000
+    kiln plan configs/demo.toml -s tokenizer.vocab_size=3000   # what a run would rebuild, and why
     kiln generate <model artifact> "The history of"      # sample from a trained model (KV cache, streamed)
     kiln chat <sft or dpo artifact>                       # interactive chat
     kiln artifacts ls | show <stage>/<key> | gc [--keep-runs N] [--yes]
 
-Prefect is imported only by ``run``, so artifact commands stay fast. A
+Prefect is imported only by ``run``, so ``plan`` and the artifact commands stay fast. A
 `KilnError` is printed as one line without a traceback, and exits with status 2.
 """
 
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run.add_argument("--dask-address", metavar="HOST:PORT",
                      help="run the data stages on an existing Dask cluster (sets clean/pretokenize dask_address)")
+
+    plan = sub.add_parser("plan", help="show what `run` would build and why, without running anything")
+    plan.add_argument("config", nargs="?", default="configs/demo.toml", help="pipeline TOML file")
+    plan.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, as for run (repeatable)")
+    plan.add_argument("--until", default="all", help="plan only this stage and what it needs (default: all)")
 
     for name, text in (("generate", "complete a prompt with a trained model"), ("chat", "talk to a model")):
         p = sub.add_parser(name, help=text)
@@ -74,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "plan":
+            return _plan(args)
         if args.command in ("generate", "chat"):
             return _use_model(args)
         return _artifacts(args)
@@ -86,11 +95,12 @@ def _run(args: argparse.Namespace) -> int:
     # The embedded Prefect server's first start runs database migrations, which can take
     # longer than Prefect's 20 s default on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from flows.dag import plan
     from tasks.pipeline_config import load_pipeline_config
 
     if args.dask_address:
         args.overrides += [f"clean.dask_address={args.dask_address}", f"pretokenize.dask_address={args.dask_address}"]
-    load_pipeline_config(args.config, args.overrides)  # fail fast on a bad config, before Prefect starts
+    plan(load_pipeline_config(args.config, args.overrides), args.until)  # fail fast, before Prefect starts
 
     from flows.pipeline import pipeline
 
@@ -107,6 +117,20 @@ def _run(args: argparse.Namespace) -> int:
             print(f"eval {name}: {value:.4f}")
     for sample in summary.get("samples", []):
         print(f"\nprompt: {sample['prompt']!r}\nsample: {sample['text']}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from flows.dag import check_until
+    from flows.plan import make_plan, render
+    from storage.store import open_store
+    from tasks.pipeline_config import load_pipeline_config
+
+    check_until(args.until)
+    cfg = load_pipeline_config(args.config, args.overrides)
+    store = open_store(cfg.store.root or None)
+    print(f"plan for {args.config} (until {args.until}), store {store.location}\n")
+    print(render(make_plan(cfg, args.until, store)))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 A stage function has the shape ``stage(inputs: ArtifactRef..., cfg: StageConfig,
 store: ArtifactStore) -> ArtifactRef`` and can be called without a Prefect run;
-its ``*_task`` wrapper adds retries and the artifact-keyed cache policy from
-`tasks.common`. Helpers that are not stages live in `tasks.text`.
+its declaration (a `tasks.stage.Stage`) gives both its store call and its
+``*_task`` wrapper's retries and artifact-keyed cache policy. Helpers that are
+not stages live in `tasks.text`.
 """

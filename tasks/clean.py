@@ -30,17 +30,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact
-
 from kiln.config import canonical_dict, runtime_field
 from kiln.errors import KilnError
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import reported, stage_task_options
 from tasks.download import FILES_DIR
 from tasks.report import artifact_key, progress
 from tasks.runner import choose_engine, open_runner
+from tasks.stage import Stage, reported
 from tasks.text import assemble, pipeline
 from tasks.text.clean_report import REPORT_JSON, REPORT_MD, build_report, flat_counts, to_json, to_markdown
 from tasks.text.dedup import lsh_params
@@ -49,7 +46,6 @@ from tasks.text.units import Unit, discover_inputs, input_fingerprints, plan_uni
 from tasks.text.wikitext import WikitextOptions
 
 STAGE = "clean"
-CODE_VERSION = "2"
 WORK_DIR = ".work"  # intermediates; deleted before the artifact is finalized
 MB = 1 << 20
 log = logging.getLogger("kiln.clean")
@@ -131,9 +127,12 @@ def key_config(cfg: CleanConfig) -> dict[str, Any]:
     return data
 
 
+CLEAN = Stage(STAGE, "2", CleanConfig, inputs=("raw",), key_config=key_config)
+
+
 def clean(raw: ArtifactRef, cfg: CleanConfig, store: ArtifactStore) -> ArtifactRef:
     """Turn the files of a download artifact (plus `cfg.inputs`) into filtered, deduplicated document shards."""
-    return store.produce(STAGE, CODE_VERSION, key_config(cfg), [raw], lambda build: _clean_into(build, raw, cfg))
+    return CLEAN.produce(store, cfg, {"raw": raw}, lambda build: _clean_into(build, raw, cfg))
 
 
 def _clean_into(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> None:
@@ -253,7 +252,14 @@ def _write_report(build: Build, units: list[Unit], dedup: dict[str, Any], cfg: C
     build.mark_done("report")
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["raw"], key_config=key_config))
+def create_markdown_artifact(**kwargs: Any) -> Any:
+    """Prefect's, imported on first use so that loading this module (the DAG, `kiln plan`) does not import Prefect."""
+    from prefect.artifacts import create_markdown_artifact as create
+
+    return create(**kwargs)
+
+
+@CLEAN.task
 def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; publishes the stage card and the per-source report in the UI."""
     ref = reported(STAGE, clean(raw, cfg, open_store(store_root)))

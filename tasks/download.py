@@ -33,15 +33,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from prefect import task
-
 from kiln.config import canonical_dict, runtime_field
 from kiln.errors import KilnError
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import stage_task_options
+from tasks.stage import Stage
 
 STAGE = "download"
-CODE_VERSION = "1"
 FILES_DIR = "files"
 CHUNK = 1 << 20
 log = logging.getLogger("kiln.download")
@@ -121,9 +118,12 @@ def key_config(cfg: DownloadConfig) -> dict[str, Any]:
     return data
 
 
+DOWNLOAD = Stage(STAGE, "1", DownloadConfig, key_config=key_config, retries=2)
+
+
 def download(cfg: DownloadConfig, store: ArtifactStore) -> ArtifactRef:
     """Fetch every source into ``files/<name>`` of one artifact."""
-    return store.produce(STAGE, CODE_VERSION, key_config(cfg), [], lambda build: _download_into(build, cfg))
+    return DOWNLOAD.produce(store, cfg, {}, lambda build: _download_into(build, cfg))
 
 
 def _download_into(build: Build, cfg: DownloadConfig) -> None:
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=[], retries=2, key_config=key_config))
+@DOWNLOAD.task
 def download_task(cfg: DownloadConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: retried, cached by artifact key."""
     return download(cfg, open_store(store_root))

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefect import task
-
 from storage.store import ArtifactRef, ArtifactStore, open_store
-from tasks.common import reported, stage_task_options
 from tasks.sft import SFTStageConfig, train_into
+from tasks.stage import Stage, reported
 from trainer.dpo import DPOConfig, DPOSection
 
 STAGE = "dpo"
-CODE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -32,13 +29,16 @@ class DPOStageConfig(SFTStageConfig):
         return DPOConfig(**self.sections(base_dir, data_dir, out_dir), dpo=self.dpo)
 
 
+DPO = Stage(STAGE, "1", DPOStageConfig, inputs=("base", "data"))
+
+
 def dpo(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store: ArtifactStore) -> ArtifactRef:
     """Preference-tune `base` (usually an sft artifact) on a ``dpo_data`` artifact; resumable."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [base, data],
-                         lambda build: train_into(build, base, data, cfg, "trainer.dpo"))
+    return DPO.produce(store, cfg, {"base": base, "data": data},
+                       lambda build: train_into(build, base, data, cfg, "trainer.dpo"))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["base", "data"]))
+@DPO.task
 def dpo_task(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; a rerun resumes from the trainer's checkpoint."""
     return reported(STAGE, dpo(base, data, cfg, open_store(store_root)))

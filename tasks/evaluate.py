@@ -17,14 +17,12 @@ available), which suits the models one evaluates on one device.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from prefect import task
 
 from kiln.chat import find_tokenizer_dir, load_model
 from kiln.config import runtime_field
@@ -32,12 +30,11 @@ from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import ArtifactCachePolicy, reported, stage_task_options
+from tasks.stage import Stage, reported
 from trainer.data import PackedTokenDataset, val_batches
 from trainer.sft_data import ChatDataset, read_split, split_files
 
 STAGE = "evaluate"
-CODE_VERSION = "1"
 RESULT_FILE = "eval.json"
 
 
@@ -59,14 +56,16 @@ class EvaluateConfig:
             raise KilnError(f"evaluate: seq_len and max_batches must be >= 0, batch_size >= 1; got {self}")
 
 
+EVALUATE = Stage(STAGE, "1", EvaluateConfig, inputs=("model", "tokens", "chat"), optional=("tokens", "chat"))
+
+
 def evaluate(model: ArtifactRef, cfg: EvaluateConfig, store: ArtifactStore, *, tokens: ArtifactRef | None = None,
              chat: ArtifactRef | None = None) -> ArtifactRef:
     """Score `model` on whichever held-out sets are given; the artifact holds ``eval.json``."""
     if tokens is None and chat is None:
         raise KilnError("evaluate: give a pretokenize artifact (tokens), a chat data artifact (chat), or both")
-    inputs = [r for r in (model, tokens, chat) if r is not None]
-    return store.produce(STAGE, CODE_VERSION, cfg, inputs, lambda build: _evaluate_into(build, model, cfg,
-                                                                                       tokens, chat))
+    return EVALUATE.produce(store, cfg, {"model": model, "tokens": tokens, "chat": chat},
+                            lambda build: _evaluate_into(build, model, cfg, tokens, chat))
 
 
 def _evaluate_into(build: Build, model_ref: ArtifactRef, cfg: EvaluateConfig, tokens: ArtifactRef | None,
@@ -123,23 +122,7 @@ def chat_loss(model: torch.nn.Module, tokenizer: Tokenizer, chat: ArtifactRef, s
             "sft_split": split}
 
 
-@dataclasses.dataclass
-class _OptionalInputsPolicy(ArtifactCachePolicy):
-    """The artifact cache policy, hashing only the inputs that were given (as `evaluate` does)."""
-
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str | None:
-        given = tuple(name for name in self.inputs if inputs.get(name) is not None)
-        return ArtifactCachePolicy.compute_key(dataclasses.replace(self, inputs=given), task_ctx, inputs,
-                                               flow_parameters, **kwargs)
-
-
-_OPTIONS = stage_task_options(STAGE, CODE_VERSION, inputs=["model", "tokens", "chat"])
-_OPTIONS["cache_policy"] = _OptionalInputsPolicy(**{f.name: getattr(_OPTIONS["cache_policy"], f.name)
-                                                    for f in dataclasses.fields(ArtifactCachePolicy)})
-
-
-@task(**_OPTIONS)
+@EVALUATE.task
 def evaluate_task(model: ArtifactRef, tokens: ArtifactRef | None, chat: ArtifactRef | None, cfg: EvaluateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; `tokens` or `chat` may be None."""

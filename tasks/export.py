@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from prefect import task
 
 from kiln.chat import find_tokenizer_dir, model_dir
 from kiln.errors import KilnError
 from model.hf_interop import export_hf, import_hf, load_weights
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import reported, stage_task_options
+from tasks.stage import Stage, reported
 
 STAGE = "export"
-CODE_VERSION = "1"
 HF_DIR = "hf"
 
 
@@ -42,9 +40,12 @@ class ExportConfig:
     """Also write the tokenizer files (tokenizer.model, tokenizer.json, tokenizer_config.json)."""
 
 
+EXPORT = Stage(STAGE, "1", ExportConfig, inputs=("model",))
+
+
 def export(model: ArtifactRef, cfg: ExportConfig, store: ArtifactStore) -> ArtifactRef:
     """Write `model` (any artifact with ``final/``) as an HF Llama directory under ``hf/``."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [model], lambda build: _export_into(build, model, cfg))
+    return EXPORT.produce(store, cfg, {"model": model}, lambda build: _export_into(build, model, cfg))
 
 
 def _export_into(build: Build, model: ArtifactRef, cfg: ExportConfig) -> None:
@@ -68,7 +69,7 @@ def verify_export(state: dict[str, torch.Tensor], out_dir: Path, dtype: str) -> 
                             "the export is broken (please report it)")
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["model"]))
+@EXPORT.task
 def export_task(model: ArtifactRef, cfg: ExportConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
     return reported(STAGE, export(model, cfg, open_store(store_root)))

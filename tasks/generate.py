@@ -20,18 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import task
 
 from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from model import generate as generate_ids
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import reported, stage_task_options
+from tasks.stage import Stage, reported
 from trainer.checkpoint import load_final
 
 STAGE = "generate"
-CODE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -66,14 +64,17 @@ class GenerateConfig:
             raise KilnError(f"generate.top_p must be in (0, 1] or unset, got {self.top_p}")
 
 
+GENERATE = Stage(STAGE, "1", GenerateConfig, inputs=("model_ref", "tokenizer_ref"))
+
+
 def generate(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateConfig,
              store: ArtifactStore) -> ArtifactRef:
     """Write ``samples.json``: a list of `cfg.num_samples` records {prompt, text, completion, seed, ...}."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [model_ref, tokenizer_ref],
-                         lambda build: _generate_into(build, model_ref, tokenizer_ref, cfg))
+    return GENERATE.produce(store, cfg, {"model_ref": model_ref, "tokenizer_ref": tokenizer_ref},
+                            lambda build: _generate_into(build, model_ref, tokenizer_ref, cfg))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["model_ref", "tokenizer_ref"]))
+@GENERATE.task
 def generate_task(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""

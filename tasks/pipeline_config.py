@@ -2,6 +2,8 @@
 
 ``configs/demo.toml`` is an example; every key is checked against these
 dataclasses, so a typo is an error naming the key, not a silently ignored setting.
+Each section is read by the DAG step of the same name (`flows.dag.STEPS`), and its
+type is that stage's declared config (`Stage.config`; tests/flows/test_dag.py checks both).
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from prefect import task
 
 from kiln.config import runtime_field
 from kiln.errors import KilnError
@@ -52,10 +51,9 @@ from storage.documents import doc_shards
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import TokenShardWriter
 from tasks import runner
-from tasks.common import reported, stage_task_options
+from tasks.stage import Stage, reported
 
 STAGE = "pretokenize"
-CODE_VERSION = "1"
 SPLITS = ("train", "val")
 META_FILE = "pretokenize_meta.json"
 
@@ -89,16 +87,18 @@ class PretokenizeConfig:
             raise KilnError(f"pretokenize.engine: must be auto, serial, processes or dask, got {self.engine!r}")
 
 
+PRETOKENIZE = Stage(STAGE, "1", PretokenizeConfig, inputs=("docs", "tokenizer"))
+
+
 def pretokenize(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfig, store: ArtifactStore) -> ArtifactRef:
     """The token-shard artifact for `docs` encoded with `tokenizer`, computed only if not in the store."""
-    return store.produce(
-        STAGE, CODE_VERSION, cfg, [docs, tokenizer], lambda build: _pretokenize_into(build, docs, tokenizer, cfg)
-    )
+    return PRETOKENIZE.produce(store, cfg, {"docs": docs, "tokenizer": tokenizer},
+                               lambda build: _pretokenize_into(build, docs, tokenizer, cfg))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["docs", "tokenizer"]))
+@PRETOKENIZE.task
 def pretokenize_task(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfig, store_root: str) -> ArtifactRef:
-    """Prefect wrapper: cached by artifact key (see tasks.common)."""
+    """Prefect wrapper: cached by artifact key (see tasks.stage)."""
     return reported(STAGE, pretokenize(docs, tokenizer, cfg, open_store(store_root)))
 
 

@@ -39,15 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import task
-
 from kiln.config import runtime_field, to_dict
 from kiln.errors import KilnError
 from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import list_shards
-from tasks.common import reported, stage_task_options
+from tasks.stage import Stage, reported
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
 from trainer.config import (
     CheckpointSection,
@@ -60,7 +58,6 @@ from trainer.config import (
 )
 
 STAGE = "pretrain"
-CODE_VERSION = "1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 15
 log = logging.getLogger("kiln.pretrain")
@@ -114,13 +111,16 @@ class PretrainConfig:
         return cfg.with_vocab_size(vocab_size) if vocab_size is not None else cfg
 
 
+PRETRAIN = Stage(STAGE, "1", PretrainConfig, inputs=("tokens", "tokenizer"))
+
+
 def pretrain(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, store: ArtifactStore) -> ArtifactRef:
     """Train a model on a pretokenized artifact; rerunning after a failure resumes from its checkpoint."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [tokens, tokenizer],
-                         lambda build: _train_into(build, tokens, tokenizer, cfg))
+    return PRETRAIN.produce(store, cfg, {"tokens": tokens, "tokenizer": tokenizer},
+                            lambda build: _train_into(build, tokens, tokenizer, cfg))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["tokens", "tokenizer"]))
+@PRETRAIN.task
 def pretrain_task(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
     return reported(STAGE, pretrain(tokens, tokenizer, cfg, open_store(store_root)))

@@ -20,22 +20,19 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prefect import task
-
 from kiln.chat import IM_END, find_tokenizer_dir
 from kiln.config import runtime_field, to_dict
 from kiln.errors import KilnError
 from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import reported, stage_task_options
 from tasks.pretrain import launch_command, run_trainer
+from tasks.stage import Stage, reported
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
 from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection
 from trainer.sft import BaseSection, ChatDataSection, LoRASection, SFTConfig
 
 STAGE = "sft"
-CODE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -79,10 +76,13 @@ class SFTStageConfig:
                 "run": dataclasses.replace(self.run, out_dir=out_dir)}
 
 
+SFT = Stage(STAGE, "1", SFTStageConfig, inputs=("base", "data"))
+
+
 def sft(base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig, store: ArtifactStore) -> ArtifactRef:
     """Fine-tune `base` on an ``sft_data`` artifact; rerunning after a failure resumes from the checkpoint."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [base, data],
-                         lambda build: train_into(build, base, data, cfg, "trainer.sft"))
+    return SFT.produce(store, cfg, {"base": base, "data": data},
+                       lambda build: train_into(build, base, data, cfg, "trainer.sft"))
 
 
 def train_into(build: Build, base: ArtifactRef, data: ArtifactRef, cfg: Any, module: str) -> None:
@@ -123,7 +123,7 @@ def finish_artifact(build: Build, base: ArtifactRef, keep_checkpoints: int) -> N
     atomic_write_text(final / "generation.json", json.dumps(generation, indent=2))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["base", "data"]))
+@SFT.task
 def sft_task(base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
     return reported(STAGE, sft(base, data, cfg, open_store(store_root)))

@@ -30,18 +30,16 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 
 from kiln.chat import RecordError, detect_format, to_messages, to_preference
 from kiln.errors import KilnError
 from storage.atomic import atomic_path, atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.common import reported, stage_task_options
 from tasks.download import FILES_DIR
+from tasks.stage import Stage, reported
 from trainer.sft_data import META_FILE
 
 SFT_STAGE, DPO_STAGE = "sft_data", "dpo_data"
-CODE_VERSION = "1"
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 MAX_REPORTED_ERRORS = 20
 SFT_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("format", pa.string()),
@@ -78,14 +76,18 @@ class SFTDataConfig(DPODataConfig):
     """Record format; auto detects it per record from the keys."""
 
 
+SFT_DATA = Stage(SFT_STAGE, "1", SFTDataConfig, inputs=("raw",))
+DPO_DATA = Stage(DPO_STAGE, "1", DPODataConfig, inputs=("raw",))
+
+
 def prepare_sft(raw: ArtifactRef, cfg: SFTDataConfig, store: ArtifactStore) -> ArtifactRef:
     """Convert the SFT files of a download artifact into a chat artifact (cached by artifact key)."""
-    return store.produce(SFT_STAGE, CODE_VERSION, cfg, [raw], lambda build: _build(build, raw, cfg, "sft"))
+    return SFT_DATA.produce(store, cfg, {"raw": raw}, lambda build: _build(build, raw, cfg, "sft"))
 
 
 def prepare_dpo(raw: ArtifactRef, cfg: DPODataConfig, store: ArtifactStore) -> ArtifactRef:
     """Convert the DPO files of a download artifact into a preference artifact."""
-    return store.produce(DPO_STAGE, CODE_VERSION, cfg, [raw], lambda build: _build(build, raw, cfg, "dpo"))
+    return DPO_DATA.produce(store, cfg, {"raw": raw}, lambda build: _build(build, raw, cfg, "dpo"))
 
 
 def input_files(raw: ArtifactRef) -> list[Path]:
@@ -228,13 +230,13 @@ def _iter_lines(path: Path) -> Iterator[tuple[str, Any]]:
             yield f"line {n}", record
 
 
-@task(**stage_task_options(SFT_STAGE, CODE_VERSION, inputs=["raw"]))
+@SFT_DATA.task
 def prepare_sft_task(raw: ArtifactRef, cfg: SFTDataConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
     return reported(SFT_STAGE, prepare_sft(raw, cfg, open_store(store_root)))
 
 
-@task(**stage_task_options(DPO_STAGE, CODE_VERSION, inputs=["raw"]))
+@DPO_DATA.task
 def prepare_dpo_task(raw: ArtifactRef, cfg: DPODataConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
     return reported(DPO_STAGE, prepare_dpo(raw, cfg, open_store(store_root)))

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sentencepiece as spm
-from prefect import task
 
 from kiln.config import runtime_field
 from kiln.errors import KilnError
@@ -54,10 +53,9 @@ from kiln.tokenizer import (
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.documents import doc_shards, iter_documents
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store, sha256_file
-from tasks.common import reported, stage_task_options
+from tasks.stage import Stage, reported
 
 STAGE = "tokenizer"
-CODE_VERSION = "1"
 
 NORMALIZATIONS = ("identity", "nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf")
 SAMPLE_FILE = ".sample.txt"
@@ -179,14 +177,17 @@ def resolve_existing(path: str) -> Path:
     return p
 
 
+TOKENIZER = Stage(STAGE, "1", TokenizerConfig, inputs=("docs",))
+
+
 def train_tokenizer(docs: ArtifactRef, cfg: TokenizerConfig, store: ArtifactStore) -> ArtifactRef:
     """The tokenizer artifact for `docs` and `cfg`, trained (or copied) only if not in the store yet."""
-    return store.produce(STAGE, CODE_VERSION, cfg, [docs], lambda build: _build_into(build, docs, cfg))
+    return TOKENIZER.produce(store, cfg, {"docs": docs}, lambda build: _build_into(build, docs, cfg))
 
 
-@task(**stage_task_options(STAGE, CODE_VERSION, inputs=["docs"]))
+@TOKENIZER.task
 def tokenizer_task(docs: ArtifactRef, cfg: TokenizerConfig, store_root: str) -> ArtifactRef:
-    """Prefect wrapper: cached by artifact key (see tasks.common)."""
+    """Prefect wrapper: cached by artifact key (see tasks.stage)."""
     return reported(STAGE, train_tokenizer(docs, cfg, open_store(store_root)))
 
 

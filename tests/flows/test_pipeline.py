@@ -2,7 +2,8 @@
 
 One module-scoped store and Prefect home are shared by the runs, so the test
 sees what a user sees on their second run: every stage Cached, nothing computed;
-then a tokenizer change reruns exactly the stages downstream of it.
+`kiln plan` agrees (everything present, and a tokenizer change names exactly the
+stages downstream of it); then that change reruns exactly those stages.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.flows.test_plan import parse_plan
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,17 @@ def kiln_run(env: dict[str, str], tmp: Path, *extra: str, until: str = "all") ->
     return result
 
 
+def kiln_plan(env: dict[str, str], *extra: str) -> str:
+    args = ["plan", "configs/demo.toml"]
+    for override in [*SHRINK, *extra]:
+        args += ["-s", override]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"kiln plan failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("e2e")
@@ -91,6 +104,16 @@ def test_demo_dag_runs_then_is_fully_cached_then_reruns_only_downstream(env, tmp
     second = kiln_run(env, tmp_path)
     assert set(states(second).values()) == {"Cached"}, states(second)
     assert manifests(second) == manifests(first)  # nothing rebuilt
+
+    unchanged = kiln_plan(env)
+    assert parse_plan(unchanged) == dict.fromkeys(first["stages"], "="), unchanged
+    assert all(info["key"] in unchanged for info in first["stages"].values())  # the keys the run used
+    assert unchanged.rstrip().endswith("0 of 14 stages would rebuild")
+    changed = kiln_plan(env, "tokenizer.vocab_size=3000")
+    assert {s for s, mark in parse_plan(changed).items() if mark != "="} == set(DOWNSTREAM), changed
+    assert "~ tokenizer.vocab_size: 1000 -> 3000" in changed
+    assert f"~ input tokenizer: {first['stages']['tokenizer']['key']} -> " in changed  # pretokenize, pretrain, …
+    assert changed.rstrip().endswith(f"{len(DOWNSTREAM)} of 14 stages would rebuild")
 
     third = kiln_run(env, tmp_path, "tokenizer.vocab_size=1200")
     assert {s: states(third)[s] for s in UPSTREAM} == dict.fromkeys(UPSTREAM, "Cached")

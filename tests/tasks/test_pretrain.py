@@ -18,7 +18,7 @@ import tasks.pretrain as stage
 from kiln.config import load_config
 from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
-from storage.store import ArtifactRef, ArtifactStore, Build, artifact_key, open_store
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import write_token_shard
 from tasks.pretrain import PretrainConfig, launch_command, pretrain
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
@@ -128,7 +128,7 @@ def test_failing_trainer_is_a_kiln_error_and_leaves_no_artifact(inputs, tmp_path
     message = str(err.value)
     assert "trainer exited with code 2" in message and "lower data.seq_len" in message
     assert "train.log" in message.splitlines()[0]
-    key = artifact_key(stage.STAGE, stage.CODE_VERSION, cfg, list(inputs))
+    key = stage.PRETRAIN.key(cfg, dict(zip(stage.PRETRAIN.inputs, inputs, strict=True)))
     assert store.get(stage.STAGE, key) is None
     assert (store.partial_dir(stage.STAGE, key) / "train.log").is_file()
 

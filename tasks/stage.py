@@ -1,0 +1,169 @@
+"""A stage, declared once: name, code version, inputs and config type, from which everything else follows.
+
+    CLEAN = Stage("clean", "2", CleanConfig, inputs=("raw",), key_config=key_config)
+
+    def clean(raw: ArtifactRef, cfg: CleanConfig, store: ArtifactStore) -> ArtifactRef:
+        return CLEAN.produce(store, cfg, {"raw": raw}, lambda build: ...)   # the store call
+
+    @CLEAN.task                                                              # the Prefect task
+    def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef: ...
+
+One method, `Stage.key_material`, turns (config, input refs) into what the artifact
+key hashes; the store call, the Prefect cache policy and `kiln plan` all go through
+it, so the UI can never show Cached for an artifact the store would build differently.
+
+The Prefect cache key is ``kiln-<stage>-<artifact key>-<build token>``
+(`ArtifactStore.cache_token`), computed from canonical data only — upstream keys as
+strings, configs as sorted JSON — because results read back from Prefect's cache are
+unpickled and their `repr` or class identity may differ from the originals. So:
+
+- a finished stage shows as Cached in the UI and does no work;
+- changing a stage's config changes its key and its downstream keys, and only those rerun;
+- an artifact deleted from the store gets a new build token, so Prefect's stale
+  Cached record is never used for it;
+- a killed build keeps its token, so the retry is the same build and resumes.
+
+Prefect is imported only when a task is first called or inspected, so the config
+loader, the DAG and `kiln plan` run without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kiln.errors import KilnError
+from storage.store import MANIFEST, ArtifactRef, ArtifactStore, Build, artifact_key, open_store
+
+# Every task wrapper takes the stage's inputs (in declaration order), then these two.
+TASK_PARAMS = ("cfg", "store_root")
+
+Refs = Mapping[str, ArtifactRef | None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What determines a stage's artifact: everything its key, its task and its store call are built from."""
+
+    name: str
+    """Store directory and Prefect task name."""
+    code_version: str
+    """Bump when the stage's code changes what it writes."""
+    config: type
+    """The stage's config dataclass (its section in `tasks.pipeline_config.PipelineConfig`)."""
+    inputs: tuple[str, ...] = ()
+    """Upstream artifacts, by task parameter name, in the order the key hashes them."""
+    optional: tuple[str, ...] = ()
+    """Inputs that may be None; only the given ones are hashed."""
+    key_config: Callable[[Any], Any] | None = None
+    """Maps the config to what the key hashes, when that is more than the config (local file fingerprints)."""
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        if not set(self.optional) <= set(self.inputs):
+            raise ValueError(f"stage {self.name}: optional inputs {self.optional} are not among {self.inputs}")
+
+    def key_material(self, cfg: Any, refs: Refs) -> tuple[Any, list[ArtifactRef]]:
+        """(hashed config, hashed input refs): what `artifact_key` and the manifest get for this call."""
+        unknown = sorted(set(refs) - set(self.inputs))
+        if unknown:
+            raise KilnError(f"stage {self.name}: unknown inputs {unknown}; it takes {list(self.inputs)}")
+        given: list[ArtifactRef] = []
+        for name in self.inputs:
+            ref = refs.get(name)
+            if ref is None and name not in self.optional:
+                raise KilnError(f"stage {self.name}: input {name!r} is required")
+            if ref is not None:
+                given.append(ref)
+        return (self.key_config(cfg) if self.key_config else cfg), given
+
+    def key(self, cfg: Any, refs: Refs) -> str:
+        """The artifact key of this stage for `cfg` and `refs` (what `produce` builds or finds)."""
+        config, inputs = self.key_material(cfg, refs)
+        return artifact_key(self.name, self.code_version, config, inputs)
+
+    def produce(self, store: ArtifactStore, cfg: Any, refs: Refs, work: Callable[[Build], None]) -> ArtifactRef:
+        """The store call of the stage function: return the artifact, running `work` only if it is missing."""
+        config, inputs = self.key_material(cfg, refs)
+        return store.produce(self.name, self.code_version, config, inputs, work)
+
+    def cache_key(self, params: Mapping[str, Any]) -> str:
+        """Prefect's cache key from the task's parameters: ``kiln-<stage>-<artifact key>-<build token>``."""
+        refs = {name: None if params.get(name) is None else _as_ref(params[name]) for name in self.inputs}
+        key = self.key(params["cfg"], refs)
+        token = open_store(params["store_root"]).cache_token(self.name, key)
+        return f"kiln-{self.name}-{key}-{token}"
+
+    def task(self, fn: Callable[..., ArtifactRef]) -> StageTask:
+        """Decorator: `fn` (the stage's inputs, then ``cfg, store_root``) as this stage's Prefect task."""
+        params = tuple(inspect.signature(fn).parameters)
+        if params != (*self.inputs, *TASK_PARAMS):
+            raise TypeError(f"{fn.__name__}: parameters {params} must be the inputs of stage {self.name} "
+                            f"{self.inputs} followed by {TASK_PARAMS}")
+        return StageTask(self, fn)
+
+
+class StageTask:
+    """A stage's Prefect task, built on first use; `.fn` is the plain function and needs no Prefect."""
+
+    def __init__(self, stage: Stage, fn: Callable[..., ArtifactRef]) -> None:
+        self.stage = stage
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    @functools.cached_property
+    def prefect_task(self) -> Any:
+        """The `prefect.Task`: cached by artifact key, results persisted (caching needs them), retried as declared."""
+        from prefect import task
+        from prefect.cache_policies import CacheKeyFnPolicy
+
+        stage = self.stage
+        return task(
+            self.fn,
+            name=stage.name,
+            cache_policy=CacheKeyFnPolicy(cache_key_fn=_CacheKeyFn(stage)),
+            persist_result=True,
+            retries=stage.retries,
+            retry_delay_seconds=5 if stage.retries else 0,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.prefect_task(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # cache_policy, submit, with_options, …
+        if name.startswith("__") or name == "prefect_task":  # no recursion if building the task fails
+            raise AttributeError(name)
+        return getattr(self.prefect_task, name)
+
+
+@dataclass(frozen=True)
+class _CacheKeyFn:
+    """Prefect's ``cache_key_fn(task_ctx, parameters)`` for a stage (a picklable callable, unlike a lambda)."""
+
+    stage: Stage
+
+    def __call__(self, task_ctx: Any, params: dict[str, Any]) -> str:
+        return self.stage.cache_key(params)
+
+
+def _as_ref(value: Any) -> ArtifactRef:
+    """Rebuild a ref from its fields, whatever class object unpickling produced."""
+    return ArtifactRef(stage=str(value.stage), key=str(value.key), uri=str(value.uri))
+
+
+def reported(stage: str, ref: ArtifactRef) -> ArtifactRef:
+    """Publish a finished stage's Prefect artifacts (counts/sizes/timings table, loss curve); pass `ref` on.
+
+    Called by the task wrappers only: outside a Prefect run the publishers do nothing.
+    """
+    from tasks.report import publish_image, publish_stage_report
+
+    manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
+    publish_stage_report(stage, ref, manifest)
+    if "loss.png" in manifest.get("files", {}):
+        publish_image(stage, ref.path / "loss.png")
+    return ref

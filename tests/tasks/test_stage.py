@@ -1,0 +1,100 @@
+"""Stage declarations: the Prefect cache key and the store's artifact key come from one place and agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.dag import STEPS, section
+from kiln.errors import KilnError
+from storage.store import ArtifactRef, ArtifactStore, Build, open_store
+from tasks.download import DOWNLOAD, download, download_task
+from tasks.evaluate import evaluate_task
+from tasks.pipeline_config import load_pipeline_config
+from tasks.stage import Stage
+from tests.conftest import REPO_ROOT
+
+CFG = load_pipeline_config(REPO_ROOT / "configs" / "demo.toml")
+
+
+def upstream(name: str) -> ArtifactRef:
+    """A ref to an upstream artifact; its key is all a downstream key reads."""
+    return ArtifactRef(name, f"{name}-key-0123", f"/nowhere/{name}")
+
+
+def write_something(build: Build) -> None:
+    (build.dir / "out.txt").write_text("x")
+
+
+def check_policy_matches_store(step: str, inputs: dict[str, ArtifactRef | None], store: ArtifactStore) -> None:
+    task = STEPS[step].task
+    cfg = section(CFG, step)
+    params = {**inputs, "cfg": cfg, "store_root": str(store.root)}
+    policy_key = task.cache_policy.compute_key(None, params, {})  # the real Prefect policy object
+    ref = task.stage.produce(store, cfg, inputs, write_something)  # the stage function's store call
+    build_id = store.manifest(ref)["build_id"]
+    assert policy_key == f"kiln-{task.stage.name}-{ref.key}-{build_id}"
+    assert task.stage.key(cfg, inputs) == ref.key
+    # Once built, the policy names the finished build (what makes the UI show Cached).
+    assert task.cache_policy.compute_key(None, params, {}) == policy_key
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_policy_key_is_the_produced_artifact_key(step: str, tmp_path: Path) -> None:
+    stage = STEPS[step].stage
+    check_policy_matches_store(step, {name: upstream(name) for name in stage.inputs}, open_store(tmp_path))
+
+
+def test_evaluate_with_a_missing_optional_input_hashes_only_the_given_ones(tmp_path: Path) -> None:
+    model, tokens, chat = upstream("pretrain"), upstream("pretokenize"), upstream("sft_data")
+    store = open_store(tmp_path / "a")
+    check_policy_matches_store("evaluate", {"model": model, "tokens": tokens, "chat": None}, store)
+    (manifest,) = store.list()
+    assert [i["stage"] for i in manifest["inputs"]] == ["pretrain", "pretokenize"]
+    other = open_store(tmp_path / "b")
+    check_policy_matches_store("evaluate", {"model": model, "tokens": None, "chat": chat}, other)
+    keys = {evaluate_task.stage.key(CFG.evaluate, refs) for refs in (
+        {"model": model, "tokens": tokens, "chat": None}, {"model": model, "tokens": None, "chat": chat},
+        {"model": model, "tokens": tokens, "chat": chat})}
+    assert len(keys) == 3
+
+
+def test_real_download_keys_like_its_task_including_the_file_fingerprint(tmp_path: Path) -> None:
+    source = tmp_path / "data.jsonl"
+    source.write_text('{"text": "a"}\n')
+    cfg = load_pipeline_config(REPO_ROOT / "configs" / "demo.toml",
+                               [f'download.sources=[{{name="data.jsonl", url="{source}"}}]']).download
+    store = open_store(tmp_path / "store")
+    params = {"cfg": cfg, "store_root": str(store.root)}
+    before = download_task.cache_policy.compute_key(None, params, {})
+    ref = download(cfg, store)
+    assert before == f"kiln-download-{ref.key}-{store.manifest(ref)['build_id']}"
+    assert json.loads((ref.path / "manifest.json").read_text())["config"]["sources"][0]["fingerprint"].startswith(
+        "sha256:")
+    source.write_text('{"text": "b"}\n')  # same config, new content: a new key for both
+    assert DOWNLOAD.key(cfg, {}) != ref.key
+    assert ref.key not in download_task.cache_policy.compute_key(None, params, {})
+
+
+def test_task_parameters_must_follow_the_declaration() -> None:
+    stage = Stage("s", "1", dict, inputs=("a", "b"), optional=("b",))
+
+    def wrong(b: ArtifactRef, a: ArtifactRef, cfg: dict, store_root: str) -> ArtifactRef:
+        raise AssertionError
+
+    with pytest.raises(TypeError, match=r"must be the inputs of stage s \('a', 'b'\)"):
+        stage.task(wrong)
+    with pytest.raises(ValueError, match="optional inputs"):
+        Stage("s", "1", dict, inputs=("a",), optional=("c",))
+
+
+def test_missing_required_or_unknown_input_is_an_error() -> None:
+    stage = Stage("s", "1", dict, inputs=("a", "b"), optional=("b",))
+    assert stage.key({}, {"a": upstream("a")}) == stage.key({}, {"a": upstream("a"), "b": None})
+    assert stage.key({}, {"a": upstream("a")}) != stage.key({}, {"a": upstream("a"), "b": upstream("b")})
+    with pytest.raises(KilnError, match="input 'a' is required"):
+        stage.key({}, {"b": upstream("b")})
+    with pytest.raises(KilnError, match="unknown inputs"):
+        stage.key({}, {"a": upstream("a"), "c": upstream("c")})
