@@ -106,7 +106,7 @@ class FilterConfig:
 Check = Callable[[TextFeatures, FilterConfig], bool]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, cheap as a cache key on every document
 class Rule:
     """One quality rule: a document for which `breaks` is true is dropped for `reason`."""
 
