@@ -16,9 +16,11 @@ a killed stage reruns only what is missing and writes byte-identical shards:
 
 Units run serially or on Dask (`tasks.runner`); the result never depends on which,
 nor on the number of workers. The artifact holds ``docs/part-<input>-<k>.parquet``,
-optionally ``jsonl/part-<input>-<k>-<j>.jsonl.zst``, and ``report.json`` + ``report.md``
-(per source: documents and characters in and out, drops by reason); the manifest's
-``counts`` hold the totals. `clean_task` also publishes the report in the Prefect UI.
+optionally ``jsonl/part-<input>-<k>-<j>.jsonl.zst``, ``dropped/<reason>.parquet`` (the first
+`filters.keep_dropped` documents each filter rule or dedup step dropped, in input order, same
+schema as ``docs/``), and ``report.json`` + ``report.md`` (per source: documents and characters
+in and out, drops by reason); the manifest's ``counts`` hold the totals. `clean_task` also
+publishes the report in the Prefect UI.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ def _clean_into(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> None:
             _phase3(build, cfg, runner)
             run["phase3_s"] = round(time.monotonic() - started - run["phase12_s"], 3)
             run.update(engine=engine, workers=runner.workers, **_unit_seconds(build, units))
+        _write_dropped(build, units, cfg)
         _write_report(build, units, dedup, cfg)
     shutil.rmtree(work, ignore_errors=True)
     for stray in build.dir.rglob(".*.tmp"):  # temp files of writes a kill interrupted
@@ -217,6 +220,16 @@ def _phase3(build: Build, cfg: CleanConfig, runner: Any) -> None:
     runner.run(assemble.write_shard, jobs, lambda name, info: _done(build, f"p3-{name}", info))
 
 
+def _write_dropped(build: Build, units: list[Unit], cfg: CleanConfig) -> None:
+    """The samples of dropped documents (small: read and written here, once)."""
+    if build.unit_done("dropped"):
+        return
+    samples = {u.name: build.unit_info(f"p1-{u.name}").get("dropped_samples", {}) for u in units}
+    written = assemble.write_dropped([u.name for u in units], samples, build.dir / WORK_DIR, build.dir,
+                                     _assemble_settings(cfg))
+    build.mark_done("dropped", written)
+
+
 def _unit_seconds(build: Build, units: list[Unit]) -> dict[str, float]:
     """Phase-1 time summed over units (wall and CPU of the cleaning thread): parallel efficiency, per-page cost."""
     seconds = [build.unit_info(f"p1-{u.name}").get("seconds", {}) for u in units]
@@ -237,6 +250,7 @@ def _assemble_settings(cfg: CleanConfig) -> assemble.AssembleSettings:
         shard_bytes=int(cfg.shard_mb * MB),
         engine=cfg.parquet_engine,
         jsonl_lines=cfg.jsonl_lines if cfg.jsonl_zst else 0,
+        keep_dropped=cfg.filters.keep_dropped,
     )
 
 
@@ -246,7 +260,7 @@ def _write_report(build: Build, units: list[Unit], dedup: dict[str, Any], cfg: C
     jsonl = sum(-(-docs // cfg.jsonl_lines) for *_, docs in shards) if cfg.jsonl_zst else 0
     output = {"documents": dedup["documents"], "chars": dedup["chars"], "shards": len(shards), "jsonl_files": jsonl,
               "units": len(units)}
-    report = build_report(units, infos, dedup, output)
+    report = build_report(units, infos, dedup, output, build.unit_info("dropped"))
     atomic_write_text(build.dir / REPORT_JSON, to_json(report))
     atomic_write_text(build.dir / REPORT_MD, to_markdown(report))
     build.mark_done("report")

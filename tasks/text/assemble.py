@@ -16,6 +16,11 @@ permutations): fine to ~10 M documents in one process.
 Phase 3 (`write_shard`, any worker) writes one final shard from the kept rows of the chunks
 it spans, with `storage.documents.write_documents` (fixed writer settings: same documents,
 same bytes), plus optional Open-Llama-style ``.jsonl.zst`` files of at most `jsonl_lines` lines.
+
+`write_dropped` (after phase 3, in this process) writes ``dropped/<reason>.parquet``: the first
+`keep_dropped` documents each filter rule and each dedup step dropped, in input order (units in
+unit order, each unit's own first ones in document order), so the samples depend neither on
+the number of workers nor on a resume.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ import pyarrow as pa
 import zstandard
 
 from storage.atomic import atomic_path, atomic_write_text
-from storage.documents import Engine, doc_shard_name, write_documents
+from storage.documents import DOC_FIELDS, Engine, doc_shard_name, write_documents
 from tasks.text.dedup import exact_duplicates, near_duplicate_clusters
-from tasks.text.pipeline import chunk_name, read_chunk
+from tasks.text.filters import REASONS
+from tasks.text.pipeline import DROPPED_FILE, chunk_name, read_chunk
 from tasks.text.units import Unit
 
+DROPPED_DIR = "dropped"
 JSONL_DIR = "jsonl"
 KEEP_FILE = "keep.npy"
 PLAN_FILE = "plan.json"
@@ -54,6 +61,8 @@ class AssembleSettings:
     engine: Engine = "pyarrow"
     jsonl_lines: int = 0
     """Lines per ``.jsonl.zst`` file; 0 writes none."""
+    keep_dropped: int = 0
+    """Sample documents kept per drop reason in ``dropped/``; 0 writes none."""
 
 
 @dataclass
@@ -118,7 +127,9 @@ def plan_dedup(units: Sequence[Unit], n_chunks: Mapping[str, int], work: Path, s
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / KEEP_FILE) as tmp, open(tmp, "wb") as fh:
         np.save(fh, keep)
-    atomic_write_text(out / PLAN_FILE, json.dumps({"chunks": fp.chunks, "shards": shards}))
+    samples = {name: np.flatnonzero(reason == code)[: s.keep_dropped].tolist()
+               for code, name in enumerate(DROP_REASONS, 1)}
+    atomic_write_text(out / PLAN_FILE, json.dumps({"chunks": fp.chunks, "shards": shards, "dropped": samples}))
     return {
         "dropped": _drop_counts(fp, reason),
         "documents": int(keep.sum()),
@@ -204,6 +215,45 @@ def write_shard(
             path = Path(out_dir) / JSONL_DIR / f"part-{input_index:04d}-{k:05d}-{n_jsonl - 1:03d}.jsonl.zst"
             write_jsonl_zst(path, docs[lo : lo + jsonl_lines])
     return {"docs": len(docs), "chars": sum(len(d["text"]) for d in docs), "jsonl": n_jsonl}
+
+
+def write_dropped(
+    units: Sequence[str], unit_samples: Mapping[str, Mapping[str, int]], work: Path, out_dir: Path, s: AssembleSettings
+) -> dict[str, int]:
+    """``dropped/<reason>.parquet`` from the units' filter samples and phase 2's dedup drops; documents per file."""
+    if not s.keep_dropped:
+        return {}
+    docs: dict[str, list[dict[str, str]]] = {}
+    for unit in units:  # unit order, then each unit's document order: the first drops in input order
+        wanted = [r for r in unit_samples[unit] if len(docs.get(r, ())) < s.keep_dropped]
+        if not wanted:
+            continue
+        rows = read_chunk(unit_dir(work, unit) / DROPPED_FILE, (*DOC_FIELDS, "reason")).to_pylist()
+        for row in rows:
+            kept = docs.setdefault(row.pop("reason"), [])
+            if len(kept) < s.keep_dropped:
+                kept.append(row)
+    plan = json.loads((work / "dedup" / PLAN_FILE).read_text())
+    for reason, indexes in plan.get("dropped", {}).items():
+        if indexes:
+            docs[reason] = _chunk_rows(work, plan["chunks"], indexes)
+    order = {r: i for i, r in enumerate((*REASONS, *DROP_REASONS))}
+    written = {}
+    for reason in sorted(docs, key=lambda r: (order.get(r, len(order)), r)):
+        written[reason] = write_documents(out_dir / DROPPED_DIR / f"{reason}.parquet", docs[reason], s.engine)
+    return written
+
+
+def _chunk_rows(work: Path, chunks: list[list[Any]], indexes: list[int]) -> list[dict[str, str]]:
+    """The documents at global positions `indexes` (ascending), read from the chunks that hold them."""
+    firsts = np.array([c[2] for c in chunks], dtype=np.int64)
+    where = np.searchsorted(firsts, indexes, side="right") - 1
+    out: list[dict[str, str]] = []
+    for ci in dict.fromkeys(where.tolist()):
+        unit, c, first, _ = chunks[ci]
+        rows = [i - first for i, w in zip(indexes, where.tolist(), strict=True) if w == ci]
+        out += read_chunk(unit_dir(work, unit) / chunk_name(c)).take(pa.array(rows)).to_pylist()
+    return out
 
 
 def write_jsonl_zst(path: Path, docs: Sequence[dict[str, str]]) -> None:

@@ -21,9 +21,11 @@ REPORT_MD = "report.md"
 
 
 def build_report(
-    units: Sequence[Unit], unit_infos: Mapping[str, dict[str, Any]], dedup: dict[str, Any], output: dict[str, int]
+    units: Sequence[Unit], unit_infos: Mapping[str, dict[str, Any]], dedup: dict[str, Any], output: dict[str, int],
+    dropped_samples: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The report as JSON-able data (see `to_markdown` for the human view)."""
+    """The report as JSON-able data (see `to_markdown` for the human view); `dropped_samples`: documents per
+    ``dropped/<reason>.parquet``."""
     stats = FilterStats()
     reader: dict[str, Counter[str]] = {}
     for unit in units:
@@ -47,6 +49,7 @@ def build_report(
         "total": _total(sources),
         "output": output,
         "inputs": [_input_row(f, sum(u.input.index == i for u in units)) for i, f in sorted(inputs.items())],
+        "dropped_samples": dict(dropped_samples or {}),
     }
 
 
@@ -105,4 +108,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
               "| input | format | source | bytes | units |", "|---|---|---|---:|---:|"]
     lines += [f"| {r['file']} | {r['format']} | {r['source']} | {r['bytes']:,} | {r['units']} |"
               for r in report["inputs"]]
+    samples = report.get("dropped_samples") or {}
+    if samples:
+        lines += ["", "## Dropped samples", "", "The first dropped documents per reason, in input order, with the "
+                  "output's schema:", "", "| reason | file | documents |", "|---|---|---:|"]
+        lines += [f"| {reason} | `dropped/{reason}.parquet` | {n:,} |" for reason, n in samples.items()]
     return "\n".join(lines) + "\n"

@@ -12,12 +12,12 @@ The work splits in two so a stage can spread the heavy part over workers:
 
 Decisions worth knowing:
 - Shingles are 5 consecutive *words* of the normalized text, where a word is a run of
-  non-space characters or a single Han/Kana character (as in `tasks.text.filters`): word
+  non-space characters or a single Han/Kana character (as in `tasks.text.features`): word
   5-grams for spaced languages, as in datatrove and Lee et al. 2022, and character 5-grams
   for Chinese/Japanese, which have no spaces. Character 5-grams everywhere would give English
   ~5x the shingles to hash and shingles that unrelated texts share more often.
 - Shingle hashing is vectorized: words hash as polynomial hashes of their code points from
-  one prefix sum (`filters.span_hashes`), 5-grams combine word hashes. On the gensim enwiki
+  one prefix sum (`features.span_hashes`), 5-grams combine word hashes. On the gensim enwiki
   sample whole signatures come out ~4.5x faster than with each shingle hashed by
   `hashlib.blake2b` (`benchmarks/dedup_throughput.py`); xxhash (not installed) would still need
   a Python call per shingle. The 128 permutations are now most of the cost.
@@ -40,7 +40,7 @@ from typing import TypeVar
 import numpy as np
 
 from kiln.errors import KilnError
-from tasks.text.filters import PUNCT, char_classes, code_points, mix64, span_hashes, word_spans
+from tasks.text.features import PUNCT, char_classes, code_points, mix64, span_hashes, word_spans
 
 K = TypeVar("K", bound=Hashable)
 _SHINGLE_MULT = np.uint64(0xD1B54A32D192ED03)

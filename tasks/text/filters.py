@@ -1,85 +1,41 @@
-"""Document quality filters in the style of Gopher (Rae et al. 2021) and datatrove.
+"""Document quality rules in the style of Gopher (Rae et al. 2021) and datatrove, and the drop counts.
 
-`apply_filters(text, cfg)` returns ``(True, None)`` to keep a document or
-``(False, reason)`` with a stable snake_case reason; `FilterStats` counts documents and
-characters in and out per source and drops per reason, merges across workers and renders
-the stage report. Checks run cheapest first and stop at the first failure, so a reason
-names the first rule a document broke (in the order of `REASONS`).
+    keep, reason = apply_filters(text, FilterConfig())    # (True, None) or (False, "too_short")
+
+Each rule is one small `Rule`: its drop reason, the `FilterConfig` thresholds it reads and a
+check over shared per-document features (`tasks.text.features.TextFeatures`, each computed
+once on first use). `RULES` lists them cheapest first; `apply_filters` stops at the first
+rule a document breaks, so its reason names that rule, and `REASONS` is the rules' order.
+`FilterStats` counts documents and characters in and out per source and drops per reason,
+merges across workers and renders the stage report.
+
+Adding a rule: a threshold field on `FilterConfig` (None = off) and a function decorated
+with `@rule("reason", "field")` placed in `RULES`; or, without editing this module, pass
+``rules=(*RULES, my_rule)`` to `apply_filters` / `filter_documents`.
 
 Decisions worth knowing:
-- A "word" is a run of non-space characters, except that every Han or Kana character is a
-  word of its own: Chinese and Japanese have no spaces to split on, and a character is the
-  unit Chinese length limits mean. For text without CJK this equals ``str.split()``.
 - `max_non_alpha_ratio` is measured on characters (share of non-space characters that are
   not letters or combining marks), not Gopher's words-with-a-letter share, so it means the
   same for Chinese, where punctuation is a separate character.
-- Language share is a cheap script check, not language ID: the share of letters that
-  belong to the scripts of `languages` (Latin for en/de/fr..., Han for zh, Cyrillic for
-  ru/bg...). It tells Chinese from English or Russian, not English from French; a real
-  language-ID model (fastText lid.176) is a heavy dependency and ~100x the cost per document.
+- Language share is a script check (`TextFeatures.script_share`), not language ID.
 - Top n-gram repetition is Gopher's "characters in the most frequent n-gram" (ties: the
-  longest). It is computed on 64-bit word hashes with numpy, and skipped when the most
-  frequent word alone proves no n-gram can pass the limit (n-gram share <= n x word share).
-- Speed comes from one vectorized pass: the text as UTF-32 code points, a lookup table
-  of character classes (space / other / letter per script), word boundaries and hashes.
-- Every threshold set to None turns its check off; `FilterConfig.disabled()` turns all off.
+  longest), on 64-bit word hashes, skipped when the most frequent word alone proves no
+  n-gram can pass the limit (n-gram share <= n x word share).
+- Every threshold set to None turns its rule off; `FilterConfig.disabled()` turns all off.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
-from functools import cache
+from functools import lru_cache
 from itertools import repeat
 from typing import Any
 
-import numpy as np
-
 from kiln.errors import KilnError
+from tasks.text.features import LANGUAGE_SCRIPTS, TextFeatures, gram_keys, max_key_chars, top_key_chars
 
-REASONS = (
-    "too_short",
-    "too_few_words",
-    "too_long",
-    "symbol_ratio",
-    "non_alpha_ratio",
-    "language_share",
-    "bullet_lines",
-    "ellipsis_lines",
-    "duplicate_lines",
-    "top_ngram_repetition",
-)
-"""Drop reasons in the order the checks run."""
-
-# Character classes of the lookup table; letters of a tracked script get the ids after LETTER.
-SPACE, OTHER, PUNCT, LETTER = 0, 1, 2, 3  # OTHER: digits, controls, unassigned; PUNCT: punctuation and symbols
-SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
-    "latin": ((0x41, 0x5A), (0x61, 0x7A), (0xC0, 0x24F), (0x1E00, 0x1EFF)),
-    "cyrillic": ((0x400, 0x52F),),
-    "greek": ((0x370, 0x3FF), (0x1F00, 0x1FFF)),
-    "arabic": ((0x600, 0x6FF), (0x750, 0x77F)),
-    "hebrew": ((0x590, 0x5FF),),
-    "devanagari": ((0x900, 0x97F),),
-    "thai": ((0xE00, 0xE7F),),
-    "han": ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF)),
-    "kana": ((0x3040, 0x30FF),),
-    "hangul": ((0x1100, 0x11FF), (0x3130, 0x318F), (0xAC00, 0xD7AF)),
-}
-SCRIPT_CLASS = {name: LETTER + 1 + i for i, name in enumerate(SCRIPTS)}
-N_CLASSES = LETTER + 1 + len(SCRIPTS)
-_CLASSIFIED = 0x30000  # code points past the CJK extensions are all OTHER: saves building 1.1 M entries
-_LATIN_LANGUAGES = "en de fr es it pt nl pl sv da no fi cs sk hu ro tr vi id ms ca hr sl et lv lt"
-LANGUAGE_SCRIPTS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(_LATIN_LANGUAGES.split(), ("latin",)),
-    **dict.fromkeys(("ru", "bg", "uk", "sr", "be", "kk", "mk"), ("cyrillic",)),
-    "zh": ("han",), "ja": ("han", "kana"), "ko": ("hangul", "han"), "el": ("greek",),
-    "ar": ("arabic",), "fa": ("arabic",), "ur": ("arabic",), "he": ("hebrew",),
-    "hi": ("devanagari",), "mr": ("devanagari",), "ne": ("devanagari",), "th": ("thai",),
-    **{script: (script,) for script in SCRIPTS},  # script names work as "languages" too
-}
-"""Language code -> scripts its letters are written in (for the language-share check)."""
 _BULLETS = ("•", "●", "○", "▪", "◦", "‣", "⁃", "·", "-", "*")
 _ELLIPSES = ("...", "…")
 
@@ -117,6 +73,9 @@ class FilterConfig:
     """Expected languages or scripts (``("zh",)``, ``("en", "de")``, ``("latin",)``); empty = check off."""
     min_language_share: float = 0.5
     """Minimum share of letters in the scripts of `languages`."""
+    keep_dropped: int = 20
+    """Documents kept per drop reason in the artifact's ``dropped/<reason>.parquet`` (the first in input
+    order), to see what a rule removes; 0 writes none. Small: it is a sample for people, not a corpus."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -128,6 +87,8 @@ class FilterConfig:
                 raise KilnError(f"filters.{f.name} is a fraction in [0, 1], got {value}")
         if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
             raise KilnError(f"filters.min_chars {self.min_chars} > filters.max_chars {self.max_chars}")
+        if self.keep_dropped < 0:
+            raise KilnError(f"filters.keep_dropped must be >= 0, got {self.keep_dropped}")
         unknown = [lang for lang in self.languages if lang not in LANGUAGE_SCRIPTS]
         if unknown:
             raise KilnError(f"filters.languages: unknown {unknown}; use codes from {sorted(LANGUAGE_SCRIPTS)}")
@@ -140,192 +101,141 @@ class FilterConfig:
         return replace(cls(**off), **thresholds)
 
 
-def apply_filters(text: str, cfg: FilterConfig) -> tuple[bool, str | None]:
-    """Keep a document, ``(True, None)``, or drop it, ``(False, reason)`` with a name from `REASONS`."""
-    n = len(text)
-    if cfg.min_chars is not None and n < cfg.min_chars:
-        return False, "too_short"
-    if cfg.max_chars is not None and n > cfg.max_chars:
-        return False, "too_long"
-    cps = code_points(text)
-    classes = char_classes(cps)
-    counts = np.bincount(classes, minlength=N_CLASSES)
-    starts, ends = word_spans(classes)
-    n_words = len(starts)
-    if cfg.min_words is not None and n_words < cfg.min_words:
-        return False, "too_few_words"
-    if cfg.max_symbol_ratio is not None and n_words:
-        symbols = text.count("#") + text.count("...") + text.count("…")
-        if symbols / n_words > cfg.max_symbol_ratio:
-            return False, "symbol_ratio"
-    word_chars = n - int(counts[SPACE])
-    letters = int(counts[LETTER:].sum())
-    if word_chars and _over(1 - letters / word_chars, cfg.max_non_alpha_ratio):
-        return False, "non_alpha_ratio"
-    if cfg.languages and _share(counts, letters, cfg.languages) < cfg.min_language_share:
-        return False, "language_share"
-    reason = _line_checks(text, cfg)
-    if reason is None and n_words:
-        reason = _ngram_checks(word_keys(cps, starts, ends), word_chars, cfg)
-    return (reason is None), reason
+# ---------------------------------------------------------------- rules
+
+Check = Callable[[TextFeatures, FilterConfig], bool]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, cheap as a cache key on every document
+class Rule:
+    """One quality rule: a document for which `breaks` is true is dropped for `reason`."""
+
+    reason: str
+    """Stable snake_case drop reason, counted in the report and naming ``dropped/<reason>.parquet``."""
+    thresholds: tuple[str, ...]
+    """The `FilterConfig` fields that switch it on: off when all are None (or empty); none = always on."""
+    breaks: Check
+    """True when the document breaks the rule; called only while the rule is on."""
+
+    def is_on(self, cfg: FilterConfig) -> bool:
+        return not self.thresholds or any(getattr(cfg, name) not in (None, ()) for name in self.thresholds)
+
+
+def rule(reason: str, *thresholds: str) -> Callable[[Check], Rule]:
+    """Decorator: the check function becomes a `Rule` dropping for `reason`, switched on by `thresholds`."""
+    return lambda check: Rule(reason, thresholds, check)
+
+
+def _over(value: float, limit: float | None) -> bool:
+    """`value` is past `limit`; None is no limit (rules with two or three thresholds may have one off)."""
+    return limit is not None and value > limit
+
+
+@rule("too_short", "min_chars")
+def too_short(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    return cfg.min_chars is not None and doc.chars < cfg.min_chars
+
+
+@rule("too_long", "max_chars")
+def too_long(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    return cfg.max_chars is not None and doc.chars > cfg.max_chars
+
+
+@rule("too_few_words", "min_words")
+def too_few_words(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    return cfg.min_words is not None and doc.n_words < cfg.min_words
+
+
+@rule("symbol_ratio", "max_symbol_ratio")
+def symbol_ratio(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    if not doc.n_words:
+        return False
+    symbols = doc.text.count("#") + doc.text.count("...") + doc.text.count("…")
+    return _over(symbols / doc.n_words, cfg.max_symbol_ratio)
+
+
+@rule("non_alpha_ratio", "max_non_alpha_ratio")
+def non_alpha_ratio(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    return bool(doc.word_chars) and _over(1 - doc.letters / doc.word_chars, cfg.max_non_alpha_ratio)
+
+
+@rule("language_share", "languages")
+def language_share_rule(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    """Too few letters in the scripts of `languages` (threshold: `min_language_share`)."""
+    return doc.script_share(cfg.languages) < cfg.min_language_share
+
+
+@rule("bullet_lines", "max_bullet_start_ratio")
+def bullet_lines(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    lines = doc.lines
+    return bool(lines) and _over(sum(map(str.startswith, lines, repeat(_BULLETS))) / len(lines),
+                                 cfg.max_bullet_start_ratio)
+
+
+@rule("ellipsis_lines", "max_ellipsis_end_ratio")
+def ellipsis_lines(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    lines = doc.lines
+    return bool(lines) and _over(sum(map(str.endswith, lines, repeat(_ELLIPSES))) / len(lines),
+                                 cfg.max_ellipsis_end_ratio)
+
+
+@rule("duplicate_lines", "max_duplicate_line_fraction", "max_duplicate_line_char_fraction")
+def duplicate_lines(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    """Gopher: every repeat after a line's first occurrence counts, by lines and by characters."""
+    lines = doc.lines
+    if not lines:
+        return False
+    unique = set(lines)
+    if _over((len(lines) - len(unique)) / len(lines), cfg.max_duplicate_line_fraction):
+        return True
+    chars = sum(map(len, lines))
+    return _over((chars - sum(map(len, unique))) / chars, cfg.max_duplicate_line_char_fraction)
+
+
+@rule("top_ngram_repetition", "max_top_2gram_fraction", "max_top_3gram_fraction", "max_top_4gram_fraction")
+def top_ngram_repetition(doc: TextFeatures, cfg: FilterConfig) -> bool:
+    """Gopher: characters covered by the most frequent 2/3/4-gram, over all word characters."""
+    keys = doc.word_keys if doc.n_words else None
+    limits = [(n, lim) for n, lim in ((2, cfg.max_top_2gram_fraction), (3, cfg.max_top_3gram_fraction),
+                                      (4, cfg.max_top_4gram_fraction)) if lim is not None and doc.n_words >= n]
+    if keys is None or not limits:
+        return False
+    # An n-gram occurs at most as often as each of its words: most documents stop at this one sort.
+    word_share = max_key_chars(keys) / doc.word_chars
+    return any(n * word_share > limit and top_key_chars(gram_keys(keys, n)) / doc.word_chars > limit
+               for n, limit in limits)
+
+
+RULES: tuple[Rule, ...] = (
+    too_short, too_long, too_few_words, symbol_ratio, non_alpha_ratio, language_share_rule,
+    bullet_lines, ellipsis_lines, duplicate_lines, top_ngram_repetition,
+)
+"""The built-in rules, cheapest first: length needs no pass over the text, lines and n-grams the most."""
+REASONS = tuple(r.reason for r in RULES)
+"""Drop reasons in the order the rules run."""
+
+
+def apply_filters(text: str, cfg: FilterConfig, rules: tuple[Rule, ...] = RULES) -> tuple[bool, str | None]:
+    """Keep a document, ``(True, None)``, or drop it, ``(False, reason)`` for the first rule it breaks."""
+    doc = TextFeatures(text)
+    for r in _rules_on(cfg, rules):
+        if r.breaks(doc, cfg):
+            return False, r.reason
+    return True, None
+
+
+@lru_cache(maxsize=64)
+def _rules_on(cfg: FilterConfig, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """The rules `cfg` switches on (asked once per config, not per document)."""
+    return tuple(r for r in rules if r.is_on(cfg))
 
 
 def language_share(text: str, languages: Iterable[str]) -> float:
     """Share of the letters of `text` written in the scripts of `languages` (0 when it has no letters)."""
-    counts = np.bincount(char_classes(code_points(text)), minlength=N_CLASSES)
-    return _share(counts, int(counts[LETTER:].sum()), tuple(languages))
+    return TextFeatures(text).script_share(languages)
 
 
-def _share(counts: np.ndarray, letters: int, languages: tuple[str, ...]) -> float:
-    classes = {SCRIPT_CLASS[s] for lang in languages for s in LANGUAGE_SCRIPTS[lang]}
-    return sum(int(counts[c]) for c in classes) / letters if letters else 0.0
-
-
-def _line_checks(text: str, cfg: FilterConfig) -> str | None:
-    """Gopher's line rules: bullets, trailing ellipses, repeated lines."""
-    # map/filter/set keep the loops in C: a Python loop over lines was a quarter of the filter time.
-    lines = list(filter(None, map(str.strip, text.split("\n"))))
-    if not lines:
-        return None
-    n = len(lines)
-    if _over(sum(map(str.startswith, lines, repeat(_BULLETS))) / n, cfg.max_bullet_start_ratio):
-        return "bullet_lines"
-    if _over(sum(map(str.endswith, lines, repeat(_ELLIPSES))) / n, cfg.max_ellipsis_end_ratio):
-        return "ellipsis_lines"
-    if cfg.max_duplicate_line_fraction is None and cfg.max_duplicate_line_char_fraction is None:
-        return None
-    # Every repeat after the first occurrence counts, as in Gopher.
-    unique = set(lines)
-    if _over((n - len(unique)) / n, cfg.max_duplicate_line_fraction):
-        return "duplicate_lines"
-    chars = sum(map(len, lines))
-    if _over((chars - sum(map(len, unique))) / chars, cfg.max_duplicate_line_char_fraction):
-        return "duplicate_lines"
-    return None
-
-
-def _over(value: float, limit: float | None) -> bool:
-    return limit is not None and value > limit
-
-
-def _ngram_checks(keys: np.ndarray, word_chars: int, cfg: FilterConfig) -> str | None:
-    """Gopher: characters covered by the most frequent 2/3/4-gram, over all word characters."""
-    limits = [(n, lim) for n, lim in ((2, cfg.max_top_2gram_fraction), (3, cfg.max_top_3gram_fraction),
-                                      (4, cfg.max_top_4gram_fraction)) if lim is not None and len(keys) >= n]
-    if not limits:
-        return None
-    # An n-gram occurs at most as often as each of its words, so its characters are at most
-    # n x the largest (count x length) of a single word: most documents stop here, one sort.
-    uniq, counts = np.unique(keys, return_counts=True)
-    word_share = int((counts * (uniq & _LEN_MASK)).max()) / word_chars
-    for n, limit in limits:
-        if n * word_share > limit and _top_share(_gram_keys(keys, n)) / word_chars > limit:
-            return "top_ngram_repetition"
-    return None
-
-
-def _top_share(keys: np.ndarray) -> int:
-    """Characters covered by the most frequent key (low 16 bits of a key hold its length), if it repeats."""
-    uniq, counts = np.unique(keys, return_counts=True)
-    top = int(counts.max())
-    if top < 2:
-        return 0
-    return top * int((uniq[counts == top] & _LEN_MASK).max())
-
-
-def _gram_keys(keys: np.ndarray, n: int) -> np.ndarray:
-    """Keys of the word n-grams: combined hashes in the high bits, summed lengths (capped) in the low 16."""
-    m = len(keys) - n + 1
-    h = keys[:m] & ~_LEN_MASK
-    length = keys[:m] & _LEN_MASK
-    for j in range(1, n):
-        h = h * _GRAM_MULT + (keys[j : j + m] & ~_LEN_MASK)
-        length = length + (keys[j : j + m] & _LEN_MASK)
-    return (mix64(h) & ~_LEN_MASK) | np.minimum(length, _LEN_MASK)
-
-
-# ---------------------------------------------------------------- vectorized text primitives (shared with dedup)
-
-_P = 0x9E3779B97F4A7C15  # odd, so invertible mod 2**64: span hashes come from prefix sums
-_P_INV = pow(_P, -1, 1 << 64)
-_GRAM_MULT = np.uint64(0xD6E8FEB86659FD93)
-_LEN_MASK = np.uint64(0xFFFF)
-_powers: tuple[np.ndarray, np.ndarray] = (np.ones(1, np.uint64), np.ones(1, np.uint64))
-
-
-def code_points(text: str) -> np.ndarray:
-    """The text as an array of Unicode code points (uint32), one C-level copy."""
-    # surrogatepass: JSON may carry lone surrogates ("\\ud800"), which strict encoding rejects.
-    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
-
-
-@cache
-def _class_table() -> np.ndarray:
-    """Class of every code point, built once (~0.2 s); letters include combining marks (Hindi vowel signs)."""
-    table = np.full(0x110000, OTHER, dtype=np.uint8)
-    major = {"L": LETTER, "M": LETTER, "P": PUNCT, "S": PUNCT}
-    table[:_CLASSIFIED] = [major.get(unicodedata.category(chr(c))[0], OTHER) for c in range(_CLASSIFIED)]
-    table[[c for c in range(_CLASSIFIED) if chr(c).isspace()]] = SPACE
-    for script, ranges in SCRIPTS.items():
-        for lo, hi in ranges:
-            seg = table[lo : hi + 1]
-            seg[seg == LETTER] = SCRIPT_CLASS[script]
-    return table
-
-
-def char_classes(cps: np.ndarray) -> np.ndarray:
-    """Class id per code point: SPACE, OTHER, PUNCT, LETTER or the class of a tracked script."""
-    return np.take(_class_table(), cps)  # measured: 2.5x faster than fancy indexing
-
-
-def word_spans(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) of every word: runs of non-space, each Han/Kana character alone."""
-    space = classes == SPACE
-    breaks = space | (classes == SCRIPT_CLASS["han"]) | (classes == SCRIPT_CLASS["kana"])
-    cut = np.ones(len(classes) + 1, dtype=bool)  # cut[i]: a word boundary lies before position i
-    cut[1:-1] = breaks[1:] | breaks[:-1]
-    solid = ~space
-    return np.flatnonzero(cut[:-1] & solid), np.flatnonzero(cut[1:] & solid) + 1
-
-
-def span_hashes(cps: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """64-bit hash of each span ``cps[s:e]``, all at once: polynomial hashes from one prefix sum.
-
-    hash(s, e) = sum_j c_j P^(e-1-j) = P^(e-1) * (S[e] - S[s]) with S the prefix sums of
-    c_j P^-j; uint64 arithmetic wraps, i.e. works mod 2**64. Equal spans hash equal
-    wherever they are, in any process (no Python `hash` salt). Finished with `mix64`.
-    """
-    n = len(cps)
-    pw, inv = _power_tables(n + 1)
-    prefix = np.zeros(n + 1, dtype=np.uint64)
-    np.cumsum((cps.astype(np.uint64) + np.uint64(1)) * inv[:n], out=prefix[1:])
-    return mix64((prefix[ends] - prefix[starts]) * pw[ends - 1])
-
-
-def word_keys(cps: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Per word: its hash in the high 48 bits, its length (capped at 65535) in the low 16."""
-    return (span_hashes(cps, starts, ends) & ~_LEN_MASK) | np.minimum(ends - starts, 0xFFFF).astype(np.uint64)
-
-
-def mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: every output bit depends on every input bit."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P^i and P^-i mod 2**64 for i < n, grown by doubling and shared by all calls."""
-    global _powers
-    pw, inv = _powers
-    if len(pw) < n:
-        size = max(n, 2 * len(pw))
-        pw = np.full(size, _P, dtype=np.uint64)
-        inv = np.full(size, _P_INV, dtype=np.uint64)
-        pw[0] = inv[0] = 1
-        pw, inv = np.cumprod(pw), np.cumprod(inv)  # wraps mod 2**64, as wanted
-        _powers = (pw, inv)
-    return pw, inv
+# ---------------------------------------------------------------- drop counts and report
 
 
 @dataclass
@@ -423,12 +333,13 @@ def _add_counts(into: SourceCounts, other: SourceCounts) -> None:
 
 
 def filter_documents(
-    docs: Iterable[dict[str, Any]], cfg: FilterConfig, stats: FilterStats, text_key: str = "text"
+    docs: Iterable[dict[str, Any]], cfg: FilterConfig, stats: FilterStats, text_key: str = "text",
+    rules: tuple[Rule, ...] = RULES,
 ) -> Iterator[dict[str, Any]]:
     """The documents that pass `cfg`, counting every one in `stats` under its ``source``."""
     for doc in docs:
         text = doc[text_key]
-        keep, reason = apply_filters(text, cfg)
+        keep, reason = apply_filters(text, cfg, rules)
         stats.add(str(doc.get("source", "")), len(text), reason)
         if keep:
             yield doc

@@ -11,7 +11,9 @@ document, its exact-dedup hash, MinHash signature, characters and UTF-8 bytes; p
 Per document: MediaWiki pages are rendered to plain text (`clean_wikitext`; for ``zh*``
 wikis variant markup is resolved first and the result converted to Simplified), other
 formats keep their text with outer whitespace stripped; then the quality filters run,
-every drop counted with its reason per source.
+every drop counted with its reason per source. The first `FilterConfig.keep_dropped`
+documents each rule drops (in document order) go to ``dropped.parquet``, with their reason;
+`assemble.write_dropped` merges the units' samples into the artifact's ``dropped/``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ FINGERPRINT_COLUMNS = ("exact", "minhash", "chars", "nbytes")
 CHUNK_SCHEMA = pa.schema(
     [*DOC_SCHEMA, ("exact", pa.binary()), ("minhash", pa.binary()), ("chars", pa.int64()), ("nbytes", pa.int64())]
 )
+DROPPED_FILE = "dropped.parquet"
+DROPPED_SCHEMA = pa.schema([*DOC_SCHEMA, ("reason", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -78,18 +82,23 @@ def run_unit(unit: Unit, settings: UnitSettings, out_dir: str) -> dict[str, Any]
     stats = FilterStats({source: SourceCounts()})  # a source whose documents all fail still shows
     reader: Counter[str] = Counter()
     writer = ChunkWriter(out, settings)
+    dropped = DropSampler(settings.filters.keep_dropped)
     for doc in read_unit(unit, settings, reader):
         text = doc["text"]
         keep, reason = apply_filters(text, settings.filters)
         stats.add(doc["source"], len(text), reason)
         if keep:
             writer.add(doc)
+        elif reason is not None:
+            dropped.add(reason, doc)
     writer.close()
+    dropped.write(out / DROPPED_FILE)
     return {
         "filters": stats.to_dict(),
         "reader": {source: dict(sorted(reader.items()))},
         "docs": writer.docs,
         "chunks": writer.chunks,
+        "dropped_samples": dict(sorted(dropped.per_reason.items())),
         # This thread's CPU, not the process's: a Dask worker's event loop runs beside it.
         "seconds": {"wall": time.perf_counter() - started, "cpu": time.thread_time() - cpu},
     }
@@ -162,7 +171,7 @@ class ChunkWriter:
         self.bytes = self.docs = self.chunks = 0
 
     def add(self, doc: dict[str, Any]) -> None:
-        row: dict[str, Any] = {k: _utf8_safe(v) for k, v in normalize_doc(doc).items()}
+        row: dict[str, Any] = _doc_row(doc)
         text = row["text"]
         nbytes = len(text.encode("utf-8"))
         row["exact"] = exact_hash(text) if self.exact else b""
@@ -187,6 +196,31 @@ class ChunkWriter:
 
     def close(self) -> None:
         self.flush()
+
+
+class DropSampler:
+    """The first `limit` dropped documents per reason, in the order they came."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.rows: list[dict[str, str]] = []
+        self.per_reason: Counter[str] = Counter()
+
+    def add(self, reason: str, doc: dict[str, Any]) -> None:
+        if self.per_reason[reason] < self.limit:
+            self.per_reason[reason] += 1
+            self.rows.append({**_doc_row(doc), "reason": reason})
+
+    def write(self, path: Path) -> None:
+        """The samples as one Parquet file (none when nothing was kept)."""
+        if self.rows:
+            with atomic_path(path) as tmp:
+                pq.write_table(pa.Table.from_pylist(self.rows, schema=DROPPED_SCHEMA), tmp, compression="zstd")
+
+
+def _doc_row(doc: dict[str, Any]) -> dict[str, str]:
+    """The document's schema fields as strings Parquet can store."""
+    return {k: _utf8_safe(v) for k, v in normalize_doc(doc).items()}
 
 
 def _utf8_safe(value: str) -> str:

@@ -135,6 +135,29 @@ def test_filters_count_their_reasons(cleaned, enwiki_sample: Path) -> None:
     assert counts["dropped_too_short"] > 0
 
 
+def test_dropped_samples_are_the_first_drops_and_not_in_the_output(cleaned, enwiki_sample: Path) -> None:
+    store, every = cleaned
+    ref = clean(raw_artifact(store, enwiki_sample), CleanConfig(min_chars=2000, filters=FilterConfig(keep_dropped=3)),
+                store)
+    path = ref.path / "dropped" / "too_short.parquet"
+    sample = list(iter_documents([path]))
+    assert [d["id"] for d in sample] == [d["id"] for d in docs_of(every) if len(d["text"]) < 2000][:3]
+    assert all(set(d) == set(DOC_FIELDS) and d["source"] == "wiki-en" and d["text"] for d in sample)
+    assert not {d["id"] for d in sample} & {d["id"] for d in docs_of(ref)}
+    assert store.manifest(ref)["counts"]["dropped_too_short"] > 3
+    assert "dropped/too_short.parquet" in store.manifest(ref)["files"]
+    assert json.loads((ref.path / "report.json").read_text())["dropped_samples"] == {"too_short": 3}
+    assert "| too_short | `dropped/too_short.parquet` | 3 |" in (ref.path / "report.md").read_text()
+
+
+def test_keep_dropped_zero_writes_no_samples(store: ArtifactStore, tiny_raw: ArtifactRef, tmp_path: Path) -> None:
+    pile = write_pile(tmp_path / "p.jsonl.zst", [pile_record("too short"), pile_record(prose(1))])
+    for keep, expected in ((0, []), (5, ["too_short.parquet"])):
+        ref = clean(tiny_raw, CleanConfig(inputs=(str(pile),), filters=FilterConfig(keep_dropped=keep)), store)
+        assert sorted(p.name for p in (ref.path / "dropped").glob("*")) == expected
+    assert [d["text"] for d in iter_documents([ref.path / "dropped" / "too_short.parquet"])] == ["too short"]
+
+
 def test_bulgarian_sample(store: ArtifactStore, bgwiki_sample: Path) -> None:
     ref = clean(raw_artifact(store, bgwiki_sample), CleanConfig(language="bg", min_chars=0, **KEEP_ALL), store)
     docs = docs_of(ref)
@@ -239,6 +262,10 @@ def test_cross_source_exact_and_near_duplicates(store: ArtifactStore, enwiki_sam
     assert counts["dropped_duplicate"] == 2 and counts["dropped_near_duplicate"] == 1
     assert {d["source"] for d in docs_of(ref)} == {"wiki-en"}  # the first copy, in input order, is kept
     assert "| pile | 2 | 0 |" in (ref.path / "report.md").read_text()
+    duplicates = list(iter_documents([ref.path / "dropped" / "duplicate.parquet"]))
+    assert [(d["source"], d["text"]) for d in duplicates] == [("wudao", shouted), ("pile", anarchism)]
+    (near,) = iter_documents([ref.path / "dropped" / "near_duplicate.parquet"])
+    assert (near["source"], near["text"]) == ("pile", edited(autism))
 
 
 def bad_pile(tmp_path: Path) -> Path:

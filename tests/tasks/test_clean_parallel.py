@@ -2,7 +2,9 @@
 
 The corpus is the real enwiki sample repacked as a Wikimedia multistream dump (20 pages per
 bz2 stream), plus a Pile and a WuDao file written here; with 3 streams per unit that is 6
-phase-1 units and 6 output shards, small enough to run in seconds.
+phase-1 units and 6 output shards, small enough to run in seconds. A tight non-alpha limit
+drops 9 number-heavy articles from several units, so every byte-identity check here also
+covers the ``dropped/`` samples.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,16 +20,19 @@ from typing import Any
 import pytest
 
 from kiln.errors import KilnError
+from storage.documents import iter_documents
 from storage.store import ArtifactRef, ArtifactStore, open_store
 from tasks.clean import CleanConfig, clean
 from tasks.download import DownloadConfig, SourceSpec, download
 from tasks.runner import choose_engine, local_cluster
 from tasks.text import assemble, pipeline
+from tasks.text.filters import FilterConfig
 from tasks.text.multistream import write_multistream
 from tasks.text.units import discover_inputs, stream_offsets
 from tests.tasks.test_clean import docs_of, hanzi_prose, pile_record, prose, write_pile, write_wudao
 
 DUMP = "enwiki-sample.xml.bz2"
+FILTERS = FilterConfig(max_non_alpha_ratio=0.08, keep_dropped=4)  # drops 9 wiki articles, no Pile or WuDao text
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, enwiki_sample: Path) -> Pat
 
 def cfg_for(corpus: Path, **changes: Any) -> CleanConfig:
     inputs = (str(corpus / "pile.jsonl.zst"), str(corpus / "wudao.json"))
-    base = CleanConfig(streams_per_unit=3, docs_per_shard=30, inputs=inputs, engine="serial")
+    base = CleanConfig(streams_per_unit=3, docs_per_shard=30, inputs=inputs, engine="serial", filters=FILTERS)
     return dataclasses.replace(base, **changes)
 
 
@@ -69,11 +75,13 @@ def test_multistream_split_reads_the_same_documents_as_the_whole_file(
     ref_store, split = uninterrupted
     assert ref_store.manifest(split)["counts"]["units"] == 6  # 11 streams / 3 + Pile + WuDao
     whole_raw = download(DownloadConfig(sources=[SourceSpec(name=DUMP, url=str(enwiki_sample))]), store)
-    whole = clean(whole_raw, CleanConfig(docs_per_shard=30), store)
+    whole = clean(whole_raw, CleanConfig(docs_per_shard=30, filters=FILTERS), store)
     assert store.manifest(whole)["counts"]["units"] == 1
     wiki_shards = {k: v for k, v in data_files(split).items() if k.startswith("docs/part-0000-")}
     assert wiki_shards == {k: v for k, v in data_files(whole).items() if k.startswith("docs/")}
     assert len(wiki_shards) == 4
+    samples = {k: v for k, v in data_files(split).items() if k.startswith("dropped/")}
+    assert samples == {k: v for k, v in data_files(whole).items() if k.startswith("dropped/")} != {}
     assert ref_store.manifest(split)["counts"]["shards"] == 6  # + one each for Pile and WuDao
 
 
@@ -164,6 +172,19 @@ def test_near_duplicate_across_units_keeps_the_first(uninterrupted, corpus: Path
     ref = clean(split_raw(store, corpus), cfg, store)
     assert store.manifest(ref)["counts"]["dropped_near_duplicate"] == 1
     assert [d["source"] for d in docs_of(ref) if d["title"] == "Autism"] == ["wiki-en"]
+
+
+def test_dropped_samples_are_the_first_drops_in_input_order(uninterrupted) -> None:
+    store, ref = uninterrupted
+    report = json.loads((ref.path / "report.json").read_text())
+    assert report["total"]["dropped"] == {"non_alpha_ratio": 9}
+    assert sorted(p.name for p in (ref.path / "dropped").iterdir()) == ["non_alpha_ratio.parquet"]
+    sample = list(iter_documents([ref.path / "dropped" / "non_alpha_ratio.parquet"]))
+    # The 9 drops, in dump order, lie in its second and third units: the first 4 are kept, the rest are past the cap.
+    assert [d["title"] for d in sample] == ["Alain Connes", "Allan Dwan", "Alien", "Afroasiatic languages"]
+    assert not {d["id"] for d in sample} & {d["id"] for d in docs_of(ref)}
+    assert "dropped/non_alpha_ratio.parquet" in store.manifest(ref)["files"]
+    assert report["dropped_samples"] == {"non_alpha_ratio": 4}
 
 
 def test_engine_choice() -> None:

@@ -1,7 +1,8 @@
-"""Quality filters: one tiny document per drop reason, stats and report, and real Wikipedia passing.
+"""Quality filters: one tiny document per drop reason, rules as steps, stats and report, real Wikipedia passing.
 
 Each inline document breaks exactly one rule: it is dropped for that reason with the
-defaults and kept once that one check is turned off.
+defaults and kept once that one check is turned off; run alone, its rule drops it and keeps
+ordinary prose. A rule defined here, outside the module, plugs in beside the built-in ones.
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from kiln.errors import KilnError
+from tasks.text.features import TextFeatures
 from tasks.text.filters import (
     REASONS,
+    RULES,
     FilterConfig,
     FilterStats,
+    Rule,
     apply_filters,
     filter_documents,
     language_share,
+    rule,
 )
 
 PROSE = (
@@ -80,6 +85,47 @@ def test_every_reason_has_a_case() -> None:
     assert {c[0] for c in CASES} == set(REASONS)
 
 
+RULE_BY_REASON = {r.reason: r for r in RULES}
+
+
+@pytest.mark.parametrize(("reason", "text", "cfg", "off"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_each_rule_alone_drops_its_document_and_keeps_prose(reason: str, text: str, cfg: FilterConfig, off) -> None:
+    alone = (RULE_BY_REASON[reason],)
+    good = ZH if cfg.languages == ("zh",) or cfg.max_chars == 500 else PROSE  # ZH: Chinese, 211 characters
+    assert apply_filters(text, cfg, alone) == (False, reason)
+    assert apply_filters(good, cfg, alone) == (True, None)
+    assert RULE_BY_REASON[reason].breaks(TextFeatures(text), cfg)
+
+
+def test_rules_are_the_registry_of_reasons_and_thresholds() -> None:
+    assert tuple(r.reason for r in RULES) == REASONS and len(set(REASONS)) == len(REASONS)
+    names = {f.name for f in fields(FilterConfig)}
+    switched = {t for r in RULES for t in r.thresholds}
+    assert switched <= names
+    assert {n for n in names if n.startswith(("max_", "min_")) and n != "min_language_share"} <= switched
+    assert [r for r in RULES if r.is_on(FilterConfig.disabled())] == []
+    for r in RULES:  # each rule's own thresholds switch just that rule on
+        on = FilterConfig.disabled(**{t: getattr(DEFAULT, t) or ("en",) for t in r.thresholds})
+        assert [q.reason for q in RULES if q.is_on(on)] == [r.reason]
+
+
+def test_a_rule_defined_outside_the_module_runs_after_the_built_in_ones() -> None:
+    @rule("shouting")  # no config field: always on; its limit lives here
+    def shouting(doc: TextFeatures, cfg: FilterConfig) -> bool:
+        upper = sum(map(str.isupper, doc.text))
+        return doc.letters > 0 and upper / doc.letters > 0.5
+
+    assert isinstance(shouting, Rule) and shouting.thresholds == ()
+    rules = (*RULES, shouting)
+    assert apply_filters(PROSE.upper(), DEFAULT, rules) == (False, "shouting")
+    assert apply_filters(PROSE.upper(), DEFAULT) == (True, None)  # the built-in registry is untouched
+    assert apply_filters(PROSE, DEFAULT, rules) == (True, None)
+    assert apply_filters("SHORT AND LOUD", DEFAULT, rules) == (False, "too_short")  # first rule broken wins
+    stats = FilterStats()
+    assert list(filter_documents([{"source": "x", "text": PROSE.upper()}], DEFAULT, stats, rules=rules)) == []
+    assert stats.sources["x"].dropped == Counter({"shouting": 1})
+
+
 def test_default_length_limit() -> None:
     assert apply_filters("word " * 1_000_001, DEFAULT) == (False, "too_long")  # 5 M characters
 
@@ -130,6 +176,7 @@ def test_language_share_is_script_based() -> None:
     ({"min_words": -1}, r"filters\.min_words must be >= 0"),
     ({"min_chars": 10, "max_chars": 5}, r"filters\.min_chars 10 > filters\.max_chars 5"),
     ({"languages": ("en", "klingon")}, r"filters\.languages: unknown \['klingon'\]"),
+    ({"keep_dropped": -1}, r"filters\.keep_dropped must be >= 0"),
 ])
 def test_config_errors_name_the_key(kwargs: dict, message: str) -> None:
     with pytest.raises(KilnError, match=message):
