@@ -6,8 +6,8 @@ Layout of one checkpoint, ``<out_dir>/checkpoints/step-00001000/``:
     dcp/                        FSDP: sharded model + optimizer via torch.distributed.checkpoint,
                                 each rank writes its own shard, loadable at another world size
     rng-rank00000.pt ...        per-rank RNG states (python, numpy, torch, cuda) as tensors/lists
-    trainer_state.json          step, tokens seen, val losses, data-loader position, schedule step
-    config.json                 the full TrainConfig and the resolved ModelConfig
+    trainer_state.json          `trainer.state.TrainState`: step, tokens seen, val losses, loader position
+    config.json                 the run's full config (any recipe's) and the resolved ModelConfig
     manifest.json               sha256 + size of every file above, written last
 
 Everything is written into a hidden ``.tmp-step-…`` directory that is renamed into
@@ -39,7 +39,6 @@ from kiln.config import to_dict
 from model import Llama, ModelConfig
 from storage.atomic import atomic_write_text
 from storage.store import sha256_file
-from trainer.config import TrainConfig
 from trainer.parallelize import DistEnv
 
 log = logging.getLogger("trainer")
@@ -95,9 +94,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # -- save -------------------------------------------------------------------------------------
 def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], cfg: TrainConfig, model_cfg: ModelConfig, dist: DistEnv,
+                    trainer_state: dict[str, Any], cfg: Any, model_cfg: ModelConfig, dist: DistEnv,
                     val_loss: float | None = None) -> Path:
-    """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path."""
+    """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path.
+
+    `trainer_state` is `trainer.state.TrainState.to_dict()`; `cfg` the run's whole config
+    dataclass (any recipe's), saved beside the weights.
+    """
     final = checkpoint_path(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
     if dist.is_main:

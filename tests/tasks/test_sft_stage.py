@@ -86,7 +86,7 @@ def test_sft_stage_resumes_and_is_self_contained(stages, sft_ref):
         p.name for p in final.iterdir()}
     assert json.loads((final / "generation.json").read_text())["template"] == "chatml"
     log = (sft_ref.path / "train.log").read_text()
-    assert "stopped after step 10" in log and "resumed from" in log
+    assert "stopped: after step 10" in log and "resumed from" in log
     cfg = load_config(SFTStageConfig, REPO / "configs/sft/debug.toml", SHORT)
     again = sft(stages["base"], stages["sft_data"], cfg, store)  # cached: no relaunch
     assert again == sft_ref and store.manifest(again)["build_id"] == manifest["build_id"]
