@@ -207,10 +207,13 @@ class LaunchSection:
     """Newest checkpoints kept in the finished artifact (for continued training); 0 keeps none."""
 
     def __post_init__(self) -> None:
-        _check(self.nproc_per_node >= 1, "launch.nproc_per_node", f"must be >= 1, got {self.nproc_per_node}")
-        _check(self.launcher != "python" or self.nproc_per_node == 1, "launch.launcher",
-               "'python' starts one process; use 'torchrun' for launch.nproc_per_node > 1")
-        _check(self.keep_checkpoints >= 0, "launch.keep_checkpoints", f"must be >= 0, got {self.keep_checkpoints}")
+        if self.nproc_per_node < 1:
+            raise KilnError(f"launch.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.launcher == "python" and self.nproc_per_node > 1:
+            raise KilnError("launch.launcher = 'python' starts one process; use 'torchrun' (or 'auto') "
+                            f"for launch.nproc_per_node = {self.nproc_per_node}")
+        if self.keep_checkpoints < 0:
+            raise KilnError(f"launch.keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
 
     @property
     def use_torchrun(self) -> bool:
