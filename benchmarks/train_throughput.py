@@ -124,12 +124,12 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=False)
     batches = random_batches(spec, model_cfg.vocab_size, dist.rank)
     params = trainable(raw)
-    step_fn = functools.partial(lm_loss, model, dist=dist, run=cfg.run)
+    step_fn = functools.partial(lm_loss, model, dist=dist)
 
     times = []
     for _ in range(spec.warmup + spec.steps):
         started = time.perf_counter()
-        optimizer_step(model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist,
+        optimizer_step(model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist, run=cfg.run,
                        grad_clip=cfg.optim.grad_clip)
         _synchronize(dist.device)
         times.append(time.perf_counter() - started)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import nn
 
 from kiln.config import to_dict
@@ -164,6 +165,23 @@ def latest_valid_checkpoint(out_dir: str | Path) -> Path | None:
             return path
         log.warning("checkpoint %s is corrupt (%s); falling back to the previous checkpoint", path, problem)
     return None
+
+
+def find_resume_point(out_dir: Path, dist: DistEnv) -> Path | None:
+    """Rank 0 picks the newest valid checkpoint (quarantining corrupt newer ones); all ranks agree."""
+    choice: list[Any] = [None]
+    if dist.is_main:
+        path = latest_valid_checkpoint(out_dir)
+        for newer in list_checkpoints(out_dir):
+            if path is None or step_of(newer) > step_of(path):
+                aside = newer.with_name(f"corrupt-{newer.name}")  # kept for inspection, never loaded
+                shutil.rmtree(aside, ignore_errors=True)
+                newer.rename(aside)
+                log.warning("moved corrupt checkpoint %s aside to %s", newer, aside)
+        choice[0] = str(path) if path else None
+    if dist.initialized:
+        tdist.broadcast_object_list(choice, src=0)
+    return Path(choice[0]) if choice[0] else None
 
 
 def prune_checkpoints(out_dir: str | Path, keep_last: int, keep_best: bool) -> list[Path]:

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -47,9 +46,8 @@ from model.lora import trainable_parameters
 from storage.atomic import atomic_write_text
 from trainer.checkpoint import (
     checkpoint_path,
+    find_resume_point,
     full_state_dict,
-    latest_valid_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -59,7 +57,7 @@ from trainer.config import CheckpointSection, OptimSection, RunSection, Schedule
 from trainer.data import TokenLoader
 from trainer.metrics import MetricsLogger, peak_memory_gb, plot_loss_curve, truncate_after
 from trainer.optim import build_optimizer
-from trainer.parallelize import DistEnv, compute_dtype, init_distributed
+from trainer.parallelize import DistEnv, autocast_context, compute_dtype, init_distributed
 from trainer.schedule import lr_at
 from trainer.state import TrainState
 from trainer.summary import TrainSummary
@@ -132,7 +130,7 @@ class Recipe(ABC, Generic[C]):
 
     @abstractmethod
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward one micro-batch: (loss to backpropagate, detached stats to log as their mean)."""
+        """Forward one micro-batch (the loop applies autocast): (loss to backpropagate, stats to log as means)."""
 
     @abstractmethod
     def validate(self) -> dict[str, float] | None:
@@ -182,8 +180,8 @@ def local_accum_steps(grad_accum_steps: int, dist: DistEnv) -> int:
 
 def optimizer_step(model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler, batches: Iterator[Batch], step_fn: StepFn, *, accum: int,
-                   dist: DistEnv, grad_clip: float) -> tuple[dict[str, Tensor], Tensor, int]:
-    """One optimizer step over `accum` micro-batches (lr already set).
+                   dist: DistEnv, run: RunSection, grad_clip: float) -> tuple[dict[str, Tensor], Tensor, int]:
+    """One optimizer step over `accum` micro-batches (lr already set), `step_fn` forwarding each under autocast.
 
     Returns this rank's mean loss and stats, the global grad norm of `params` (as device
     tensors: nothing here waits for the device, so the CPU queues the next step while the
@@ -195,7 +193,8 @@ def optimizer_step(model: nn.Module, params: list[nn.Parameter], optimizer: torc
         batch = next(batches)
         positions += batch[0].numel()
         with grad_sync_context(model, dist, last=micro == accum - 1):
-            loss, stats = step_fn(batch)
+            with autocast_context(dist, run):  # forward only: backward runs in the forward's dtypes anyway
+                loss, stats = step_fn(batch)
             scaler.scale(loss / accum).backward()
         for key, value in {"loss": loss, **stats}.items():
             value = value.detach().float()
@@ -208,23 +207,6 @@ def optimizer_step(model: nn.Module, params: list[nn.Parameter], optimizer: torc
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return {k: v / accum for k, v in totals.items()}, grad_norm, positions * dist.world_size
-
-
-def find_resume_point(out_dir: Path, dist: DistEnv) -> Path | None:
-    """Rank 0 picks the newest valid checkpoint (quarantining corrupt newer ones); all ranks agree."""
-    choice: list[Any] = [None]
-    if dist.is_main:
-        path = latest_valid_checkpoint(out_dir)
-        for newer in list_checkpoints(out_dir):
-            if path is None or step_of(newer) > step_of(path):
-                aside = newer.with_name(f"corrupt-{newer.name}")  # kept for inspection, never loaded
-                shutil.rmtree(aside, ignore_errors=True)
-                newer.rename(aside)
-                log.warning("moved corrupt checkpoint %s aside to %s", newer, aside)
-        choice[0] = str(path) if path else None
-    if dist.initialized:
-        tdist.broadcast_object_list(choice, src=0)
-    return Path(choice[0]) if choice[0] else None
 
 
 # -- components: each decides from the step whether to act -------------------------------------------
@@ -364,7 +346,7 @@ class Trainer:
                 group["lr"] = lr
             stats, grad_norm, positions = optimizer_step(
                 self.parts.model, self.params, self.optimizer, scaler, self.parts.loader, self.recipe.step,
-                accum=self.accum, dist=dist, grad_clip=cfg.optim.grad_clip)
+                accum=self.accum, dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
             state.step += 1
             state.tokens_seen += positions
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start

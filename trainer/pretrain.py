@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from kiln.errors import KilnError
 from trainer.checkpoint import export_final
-from trainer.config import RunSection, TrainConfig
+from trainer.config import TrainConfig
 from trainer.data import PackedTokenDataset, TokenLoader, val_batches
 from trainer.loop import EXIT_STOPPED, STOP_ENV, Batch, Parts, Recipe, StopRequested, all_reduce_mean, run_main
 from trainer.parallelize import DistEnv, autocast_context, build_model
@@ -53,13 +53,12 @@ def check_data(cfg: TrainConfig, vocab_size: int) -> None:
                                 f"{vocab_size}; set model.overrides.vocab_size to the tokenizer's model_vocab_size")
 
 
-def lm_loss(model: nn.Module, batch: Batch, dist: DistEnv, run: RunSection) -> tuple[Tensor, dict[str, Tensor]]:
+def lm_loss(model: nn.Module, batch: Batch, dist: DistEnv) -> tuple[Tensor, dict[str, Tensor]]:
     """Next-token loss of one (inputs, targets) micro-batch; also the throughput benchmark's step."""
     x, y = batch
     if dist.device.type == "cuda":  # pinned host memory lets the copy overlap compute
         x, y = x.pin_memory().to(dist.device, non_blocking=True), y.pin_memory().to(dist.device, non_blocking=True)
-    with autocast_context(dist, run):
-        _, loss = model(x, y)
+    _, loss = model(x, y)
     return loss, {}
 
 
@@ -104,7 +103,7 @@ class PretrainRecipe(Recipe[TrainConfig]):
         return self.parts
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        return lm_loss(self.parts.model, batch, self.dist, self.cfg.run)
+        return lm_loss(self.parts.model, batch, self.dist)
 
     def validate(self) -> dict[str, float] | None:
         loss = evaluate(self.parts.model, self.val_set, self.cfg, self.dist) if self.val_set is not None else None

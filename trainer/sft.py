@@ -79,8 +79,7 @@ class SFTRecipe(FinetuneRecipe[SFTConfig]):
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         x, y, docs = (None if t is None else t.to(self.dist.device) for t in batch)
-        with autocast_context(self.dist, self.cfg.run):
-            _, loss = self.parts.model(x, y, doc_ids=docs)
+        _, loss = self.parts.model(x, y, doc_ids=docs)
         return loss, {}
 
     def validate(self) -> dict[str, float] | None:
