@@ -27,7 +27,7 @@ from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build
 from tasks.common import reported, stage_task_options
-from tasks.launch import CONFIG_FILE, launch_trainer, record_training
+from tasks.launch import launch_trainer, record_training
 from trainer.config import CheckpointSection, LaunchSection, OptimSection, RunSection, ScheduleSection
 from trainer.finetune import BaseSection, ChatDataSection, LoRASection
 from trainer.sft import SFTConfig
@@ -83,11 +83,11 @@ def train_into(build: Build, base: ArtifactRef, data: ArtifactRef, cfg: Any, mod
         raise KilnError(f"{base.path}: artifact {base} has no final/ model; use a pretrain or sft artifact")
     train_cfg = cfg.train_config(str(base.path), str(data.path), str(build.dir))
     run = launch_trainer(module, train_cfg, cfg.launch, build.dir)
-    finish_artifact(build, base)
+    finish_artifact(build, base, chat_bos=train_cfg.data.bos)
     record_training(build, run)
 
 
-def finish_artifact(build: Build, base: ArtifactRef) -> None:
+def finish_artifact(build: Build, base: ArtifactRef, *, chat_bos: bool) -> None:
     """Put the tokenizer and chat generation settings beside the weights."""
     final = build.dir / "final"
     tokenizer_dir = find_tokenizer_dir(base.path / "final")
@@ -95,7 +95,6 @@ def finish_artifact(build: Build, base: ArtifactRef) -> None:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, final / name)
     tok = Tokenizer.load(tokenizer_dir)
-    chat_bos = json.loads((build.dir / CONFIG_FILE).read_text())["data"]["bos"]
     generation = {"template": "chatml", "chat_bos": chat_bos, "stop_ids": [tok.special_tokens[IM_END], tok.eos_id],
                   "eos_id": tok.eos_id, "bos_id": tok.bos_id}
     atomic_write_text(final / "generation.json", json.dumps(generation, indent=2))
