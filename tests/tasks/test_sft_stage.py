@@ -26,7 +26,7 @@ from tests.tasks.test_sft_data import DEMO_DPO, DEMO_SFT, REPO, chat_tokenizer_d
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
 from tests.trainer.test_sft import write_base
 from trainer.dpo import DPOConfig
-from trainer.pretrain import STOP_ENV
+from trainer.loop import STOP_ENV
 from trainer.sft import SFTConfig
 
 SHORT = ["run.steps=24", "run.val_every=12", "checkpoint.every_steps=8", "data.seq_len=96", "optim.lr=3e-3"]
