@@ -4,12 +4,13 @@
     torchrun --standalone --nproc-per-node 8 benchmarks/train_throughput.py --preset 1b       # FSDP, 8 GPUs
     python benchmarks/train_throughput.py --device cpu --preset debug --steps 3              # smoke (tests)
 
-What is measured: the trainer's own `trainer.pretrain.train_step` (forward, backward,
-clip, AdamW) on a model built by `trainer.parallelize.build_model`, fed uniform random
-token ids from pinned host memory as the real loader feeds them (dense compute does
-not depend on token values). After `--warmup` untimed steps (compile, autotune,
-allocator warm-up), each of `--steps` steps is timed with a device synchronize after
-it; ``tokens_per_s`` is tokens per step over the median step time (mean reported too).
+What is measured: the trainer's own `trainer.loop.optimizer_step` with pretraining's
+`trainer.pretrain.lm_loss` (forward, backward, clip, AdamW) on a model built by
+`trainer.parallelize.build_model`, fed uniform random token ids from pinned host
+memory as the real loader feeds them (dense compute does not depend on token values).
+After `--warmup` untimed steps (compile, autotune, allocator warm-up), each of
+`--steps` steps is timed with a device synchronize after it; ``tokens_per_s`` is
+tokens per step over the median step time (mean reported too).
 
 - MFU = tokens_per_s per device x `model.flops_per_token` / peak, with the peak
   `--peak-tflops` = 989 TFLOP/s: the H100 SXM dense bf16 spec (1979 is the sparse
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -58,10 +60,11 @@ import torch  # noqa: E402
 from kiln.config import load_config  # noqa: E402
 from model import count_params, flops_per_token, get_preset  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.loop import optimizer_step, trainable  # noqa: E402
 from trainer.metrics import peak_memory_gb  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
 from trainer.parallelize import build_model, init_distributed  # noqa: E402
-from trainer.pretrain import train_step  # noqa: E402
+from trainer.pretrain import lm_loss  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 H100_DENSE_BF16_TFLOPS = 989.0
@@ -109,7 +112,7 @@ def random_batches(spec: BenchSpec, vocab_size: int, rank: int) -> Iterator[tupl
 
 
 def run_kiln(spec: BenchSpec) -> dict[str, Any]:
-    """Time Kiln's train_step for `spec`; every rank runs it, rank 0's numbers are reported."""
+    """Time Kiln's optimizer step for `spec`; every rank runs it, rank 0's numbers are reported."""
     cfg = train_config(spec)
     model_cfg = cfg.model_config()
     dist = init_distributed(cfg.run)  # made once per process; later variants reuse the group
@@ -120,10 +123,14 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
     optimizer = build_optimizer(raw, cfg.optim)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=False)
     batches = random_batches(spec, model_cfg.vocab_size, dist.rank)
+    params = trainable(raw)
+    step_fn = functools.partial(lm_loss, model, dist=dist)
+
     times = []
     for _ in range(spec.warmup + spec.steps):
         started = time.perf_counter()
-        train_step(model, raw, optimizer, scaler, batches, 1, dist, cfg)
+        optimizer_step(model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist, run=cfg.run,
+                       grad_clip=cfg.optim.grad_clip)
         _synchronize(dist.device)
         times.append(time.perf_counter() - started)
     timed = times[spec.warmup:]
@@ -141,7 +148,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "activation_checkpointing": spec.activation_checkpointing, "warmup_steps": spec.warmup,
         "step_times_s": [round(t, 6) for t in times],
     }
-    del model, raw, optimizer
+    del model, raw, optimizer, step_fn, params
     _release(dist.device)
     return result
 

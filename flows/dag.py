@@ -35,6 +35,7 @@ from tasks.sft import sft_task
 from tasks.sft_data import prepare_dpo_task, prepare_sft_task
 from tasks.stage import Stage, StageTask
 from tasks.tokenizer import tokenizer_task
+from trainer.summary import TrainSummary
 
 Refs = dict[str, ArtifactRef]
 
@@ -149,7 +150,7 @@ class DagResult:
             }
         }
         if "pretrain" in self.refs:
-            out["final_loss"] = json.loads((self.refs["pretrain"].path / "DONE.json").read_text()).get("final_loss")
+            out["final_loss"] = TrainSummary.read(self.refs["pretrain"].path).final_loss
         if "generate" in self.refs:
             out["samples"] = json.loads((self.refs["generate"].path / "samples.json").read_text())
         if "evaluate" in self.refs:

@@ -13,5 +13,10 @@ How the pieces fit (torchtitan's split: model / parallelism / loop):
 - `checkpoint`: atomic, sha256-verified checkpoints (DCP when sharded) and the
   consolidated ``final/`` export.
 - `metrics`: metrics.jsonl, loss.png, optional W&B / TensorBoard.
-- `pretrain`: the pretraining loop, ``python -m trainer.pretrain --config ...``.
+- `loop`: the one training loop (resume, accumulation, clipping, logging, validation,
+  checkpoints, export, ``DONE.json``) and the `Recipe` interface; `state.TrainState`
+  is what a checkpoint restores, `summary.TrainSummary` the ``DONE.json`` schema.
+- recipes, each ``python -m trainer.<name> --config ...``: `pretrain` (fresh model,
+  token shards), `sft` (chat rows, assistant-token loss) and `dpo` (preference pairs);
+  the last two share `finetune` (base weights, LoRA, merged export).
 """

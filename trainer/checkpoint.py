@@ -6,8 +6,8 @@ Layout of one checkpoint, ``<out_dir>/checkpoints/step-00001000/``:
     dcp/                        FSDP: sharded model + optimizer via torch.distributed.checkpoint,
                                 each rank writes its own shard, loadable at another world size
     rng-rank00000.pt ...        per-rank RNG states (python, numpy, torch, cuda) as tensors/lists
-    trainer_state.json          step, tokens seen, val losses, data-loader position, schedule step
-    config.json                 the full TrainConfig and the resolved ModelConfig
+    trainer_state.json          `trainer.state.TrainState`: step, tokens seen, val losses, loader position
+    config.json                 the run's full config (any recipe's) and the resolved ModelConfig
     manifest.json               sha256 + size of every file above, written last
 
 Everything is written into a hidden ``.tmp-step-…`` directory that is renamed into
@@ -16,8 +16,8 @@ manifest exists (torchtitan's rule). Loading verifies the sha256s; a corrupt new
 checkpoint is reported by name and the previous good one is used. All ``.pt`` files
 load with ``torch.load(weights_only=True)``: nothing but tensors and plain containers.
 
-``final/`` holds consolidated weights (``model.safetensors`` when safetensors is
-installed, else ``model.pt``) plus ``config.json`` (ModelConfig): enough to generate
+``final/`` holds consolidated weights (``model.safetensors``; ``model.pt`` is still read
+from artifacts of older Kiln versions) plus ``config.json`` (ModelConfig): enough to generate
 or convert without the trainer's state.
 """
 
@@ -33,13 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
+from safetensors.torch import save_file
 from torch import nn
 
 from kiln.config import to_dict
 from model import Llama, ModelConfig
 from storage.atomic import atomic_write_text
-from storage.store import sha256_file
-from trainer.config import TrainConfig
+from storage.local import sha256_file
 from trainer.parallelize import DistEnv
 
 log = logging.getLogger("trainer")
@@ -95,9 +96,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # -- save -------------------------------------------------------------------------------------
 def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], cfg: TrainConfig, model_cfg: ModelConfig, dist: DistEnv,
+                    trainer_state: dict[str, Any], cfg: Any, model_cfg: ModelConfig, dist: DistEnv,
                     val_loss: float | None = None) -> Path:
-    """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path."""
+    """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path.
+
+    `trainer_state` is `trainer.state.TrainState.to_dict()`; `cfg` the run's whole config
+    dataclass (any recipe's), saved beside the weights.
+    """
     final = checkpoint_path(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
     if dist.is_main:
@@ -161,6 +166,23 @@ def latest_valid_checkpoint(out_dir: str | Path) -> Path | None:
             return path
         log.warning("checkpoint %s is corrupt (%s); falling back to the previous checkpoint", path, problem)
     return None
+
+
+def find_resume_point(out_dir: Path, dist: DistEnv) -> Path | None:
+    """Rank 0 picks the newest valid checkpoint (quarantining corrupt newer ones); all ranks agree."""
+    choice: list[Any] = [None]
+    if dist.is_main:
+        path = latest_valid_checkpoint(out_dir)
+        for newer in list_checkpoints(out_dir):
+            if path is None or step_of(newer) > step_of(path):
+                aside = newer.with_name(f"corrupt-{newer.name}")  # kept for inspection, never loaded
+                shutil.rmtree(aside, ignore_errors=True)
+                newer.rename(aside)
+                log.warning("moved corrupt checkpoint %s aside to %s", newer, aside)
+        choice[0] = str(path) if path else None
+    if dist.initialized:
+        tdist.broadcast_object_list(choice, src=0)
+    return Path(choice[0]) if choice[0] else None
 
 
 def prune_checkpoints(out_dir: str | Path, keep_last: int, keep_best: bool) -> list[Path]:
@@ -231,13 +253,9 @@ def export_final(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, fi
     tmp.mkdir(parents=True)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     tensors = {k: v.to(torch_dtype) for k, v in state_dict.items()}
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        torch.save(tensors, tmp / "model.pt")
-    else:
-        # safetensors refuses aliased tensors (tied embedding/head): store each as its own copy.
-        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    # safetensors (a core dependency: the artifact must not depend on what else is installed)
+    # refuses aliased tensors (tied embedding/head): store each as its own copy.
+    save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2))
     if extra:
         (tmp / "export.json").write_text(json.dumps({"dtype": dtype, **extra}, indent=2))

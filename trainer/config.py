@@ -190,6 +190,37 @@ class RunSection:
 
 
 @dataclass(frozen=True)
+class LaunchSection:
+    """How a pipeline stage starts its trainer (``[pretrain.launch]``, ``[sft.launch]``, ``[dpo.launch]``).
+
+    Lives here, below both `tasks` and the trainers, so every training stage config
+    shares one shape; the trainers themselves never read it.
+    """
+
+    nproc_per_node: int = runtime_field(1)
+    """Trainer processes (one per GPU). Runtime-only: the global batch is fixed by the data
+    section whatever the count (see the module doc), so the artifact does not depend on it."""
+    launcher: Literal["auto", "torchrun", "python"] = runtime_field("auto")
+    """auto = plain ``python -m trainer.<recipe>`` for one process (saves torchrun's ~6 s start), torchrun
+    for several."""
+    keep_checkpoints: int = 1
+    """Newest checkpoints kept in the finished artifact (for continued training); 0 keeps none."""
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise KilnError(f"launch.nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.launcher == "python" and self.nproc_per_node > 1:
+            raise KilnError("launch.launcher = 'python' starts one process; use 'torchrun' (or 'auto') "
+                            f"for launch.nproc_per_node = {self.nproc_per_node}")
+        if self.keep_checkpoints < 0:
+            raise KilnError(f"launch.keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+
+    @property
+    def use_torchrun(self) -> bool:
+        return self.launcher == "torchrun" or (self.launcher == "auto" and self.nproc_per_node > 1)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole pretraining run: `python -m trainer.pretrain --config cfg.toml key=value ...`."""
 

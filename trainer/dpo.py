@@ -15,8 +15,9 @@ run reuses them (the weights have moved on by then). ``dpo.label_smoothing`` > 0
 gives the conservative DPO variant (assumes that share of labels are flipped).
 
 Logged per step: loss, reward margin β·(Δπ − Δref), reward accuracy (share of pairs
-with a positive margin), chosen/rejected rewards. Everything else — model building
-(full or LoRA), loop, checkpoints, resume, metrics, export — is `trainer.sft`'s.
+with a positive margin), chosen/rejected rewards. Model building (full or LoRA) and
+the export are `trainer.finetune`'s, shared with SFT; the loop, checkpoints, resume
+and metrics are `trainer.loop`'s, shared with every recipe.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as tdist
@@ -34,9 +35,13 @@ from torch import Tensor, nn
 
 from kiln.errors import KilnError
 from storage.atomic import atomic_path
+from trainer.finetune import FinetuneConfig, FinetuneRecipe
+from trainer.loop import Batch, Parts, run_main
 from trainer.parallelize import DistEnv, autocast_context
-from trainer.sft import SFTConfig, finish_run, run_main, start_run, tokenizer_dir_for, train_loop
-from trainer.sft_data import PreferenceDataset, chat_loader, read_split, split_files
+from trainer.sft_data import PreferenceDataset, read_split, split_files
+
+if TYPE_CHECKING:
+    from kiln.tokenizer import Tokenizer
 
 log = logging.getLogger("trainer")
 REFERENCE_FILE = "reference_logps.pt"
@@ -55,8 +60,8 @@ class DPOSection:
 
 
 @dataclass(frozen=True)
-class DPOConfig(SFTConfig):
-    """SFT's sections (base, data, lora, optim, schedule, checkpoint, run) plus `dpo`."""
+class DPOConfig(FinetuneConfig):
+    """The fine-tuning sections (base, data, lora, optim, schedule, checkpoint, run) plus `dpo`."""
 
     dpo: DPOSection = field(default_factory=DPOSection)
 
@@ -149,37 +154,42 @@ def dpo_val(model: nn.Module, dataset: PreferenceDataset, ref: Tensor, cfg: DPOC
             "val_reward_accuracy": float(totals[2]) / pairs}
 
 
-def _train(cfg: DPOConfig, dist: DistEnv) -> dict[str, Any]:
-    from kiln.tokenizer import Tokenizer
+class DPORecipe(FinetuneRecipe[DPOConfig]):
+    """Preference pairs, the DPO loss against the starting model's stored log-probs."""
 
-    tokenizer = Tokenizer.load(tokenizer_dir_for(cfg))
-    sets = {"train": PreferenceDataset(read_split(cfg.data.dir, "train"), tokenizer, cfg.data.seq_len,
-                                       bos=cfg.data.bos, name=f"{cfg.data.dir}/train")}
-    if split_files(cfg.data.dir, "val") and cfg.run.val_batches:
-        sets["val"] = PreferenceDataset(read_split(cfg.data.dir, "val"), tokenizer, cfg.data.seq_len,
-                                        bos=cfg.data.bos, name=f"{cfg.data.dir}/val")
-    run = start_run(cfg, dist, "dpo", lambda: chat_loader(
-        sets["train"], cfg.data.micro_batch_size, seed=cfg.run.seed, rank=dist.rank, world_size=dist.world_size,
-        num_workers=cfg.data.num_workers))
-    ref = load_or_compute_reference(run.model, sets, cfg, dist, run.out_dir / REFERENCE_FILE,
-                                    resumed=run.resumed_from is not None)
-    log.info("dpo data: %d pairs (%d dropped), beta %.3g", len(sets["train"]), sets["train"].dropped, cfg.dpo.beta)
+    kind = "dpo"
+    config_type = DPOConfig
 
-    def step_fn(batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        chosen, rejected, index = pair_logps(run.model, batch, cfg, dist)
-        index = index.to(dist.device)
-        return dpo_loss(chosen, rejected, ref["train"][index, 0], ref["train"][index, 1], cfg.dpo.beta,
-                        cfg.dpo.label_smoothing)
+    def load_data(self, tokenizer: Tokenizer) -> PreferenceDataset:
+        cfg = self.cfg
+        self.sets = {"train": PreferenceDataset(read_split(cfg.data.dir, "train"), tokenizer, cfg.data.seq_len,
+                                                bos=cfg.data.bos, name=f"{cfg.data.dir}/train")}
+        if split_files(cfg.data.dir, "val") and cfg.run.val_batches:
+            self.sets["val"] = PreferenceDataset(read_split(cfg.data.dir, "val"), tokenizer, cfg.data.seq_len,
+                                                 bos=cfg.data.bos, name=f"{cfg.data.dir}/val")
+        log.info("dpo data: %d pairs (%d dropped), beta %.3g", len(self.sets["train"]), self.sets["train"].dropped,
+                 cfg.dpo.beta)
+        return self.sets["train"]
 
-    def val_fn() -> dict[str, float] | None:
-        return dpo_val(run.model, sets["val"], ref["val"], cfg, dist) if "val" in sets else None
+    def start(self, parts: Parts, out_dir: Path, *, resumed: bool) -> None:
+        self.ref = load_or_compute_reference(parts.model, self.sets, self.cfg, self.dist, out_dir / REFERENCE_FILE,
+                                             resumed=resumed)
 
-    train_loop(run, step_fn, val_fn)
-    return finish_run(run)
+    def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        chosen, rejected, index = pair_logps(self.parts.model, batch, self.cfg, self.dist)
+        index = index.to(self.dist.device)
+        ref = self.ref["train"]
+        return dpo_loss(chosen, rejected, ref[index, 0], ref[index, 1], self.cfg.dpo.beta,
+                        self.cfg.dpo.label_smoothing)
+
+    def validate(self) -> dict[str, float] | None:
+        if "val" not in self.sets:
+            return None
+        return dpo_val(self.parts.model, self.sets["val"], self.ref["val"], self.cfg, self.dist)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, DPOConfig, "python -m trainer.dpo", _train)
+    return run_main(argv, DPORecipe, __doc__)
 
 
 if __name__ == "__main__":

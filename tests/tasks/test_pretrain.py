@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
+import tasks.launch as launcher
 import tasks.pretrain as stage
 from kiln.config import load_config
 from kiln.errors import KilnError
 from kiln.tokenizer import Tokenizer
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import write_token_shard
-from tasks.pretrain import PretrainConfig, launch_command, pretrain
+from tasks.launch import launch_command
+from tasks.pretrain import PretrainConfig, pretrain
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
-from trainer.config import CheckpointSection, DataSection, OptimSection, RunSection, ScheduleSection
+from trainer.config import CheckpointSection, DataSection, LaunchSection, OptimSection, RunSection, ScheduleSection
 from trainer.pretrain import STOP_ENV
 
 N_VAL_DOCS = 6
@@ -110,10 +112,10 @@ def test_rerun_returns_the_artifact_without_launching(inputs, trained, monkeypat
     def no_launch(*args: object, **kwargs: object) -> None:
         raise AssertionError("the trainer was launched for a cached artifact")
 
-    monkeypatch.setattr(stage, "run_trainer", no_launch)
+    monkeypatch.setattr(launcher, "run_trainer", no_launch)
     assert pretrain(*inputs, tiny_config(), store) == ref
     # Runtime-only settings (more workers, torchrun, compile) do not change the key either.
-    faster = dataclasses.replace(tiny_config(compile=True), nproc_per_node=2, launcher="torchrun")
+    faster = dataclasses.replace(tiny_config(compile=True), launch=LaunchSection(nproc_per_node=2, launcher="torchrun"))
     assert pretrain(*inputs, faster, store) == ref
     assert stage.pretrain_task.fn(*inputs, tiny_config(), str(store.root)) == ref
 
@@ -160,12 +162,13 @@ def test_config_rejects_paths_and_vocab(tmp_path: Path) -> None:
     with pytest.raises(KilnError, match="data.seq_len"):
         load_config(PretrainConfig, None, ["data.seq_len=4096"])
     with pytest.raises(KilnError, match="torchrun"):
-        PretrainConfig(nproc_per_node=2, launcher="python")
+        PretrainConfig(launch=LaunchSection(nproc_per_node=2, launcher="python"))
 
 
 def test_launch_command_picks_python_for_one_process(tmp_path: Path) -> None:
-    one = launch_command(PretrainConfig(), tmp_path / "c.json")
+    one = launch_command("trainer.pretrain", PretrainConfig().launch, tmp_path / "c.json")
     assert one[1:3] == ["-m", "trainer.pretrain"]
-    four = launch_command(PretrainConfig(nproc_per_node=4), tmp_path / "c.json")
+    four = launch_command("trainer.pretrain", PretrainConfig(launch=LaunchSection(nproc_per_node=4)).launch,
+                          tmp_path / "c.json")
     assert four[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
     assert four[5:7] == ["-m", "trainer.pretrain"]

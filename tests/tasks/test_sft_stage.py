@@ -26,7 +26,7 @@ from tests.tasks.test_sft_data import DEMO_DPO, DEMO_SFT, REPO, chat_tokenizer_d
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
 from tests.trainer.test_sft import write_base
 from trainer.dpo import DPOConfig
-from trainer.pretrain import STOP_ENV
+from trainer.loop import STOP_ENV
 from trainer.sft import SFTConfig
 
 SHORT = ["run.steps=24", "run.val_every=12", "checkpoint.every_steps=8", "data.seq_len=96", "optim.lr=3e-3"]
@@ -86,7 +86,7 @@ def test_sft_stage_resumes_and_is_self_contained(stages, sft_ref):
         p.name for p in final.iterdir()}
     assert json.loads((final / "generation.json").read_text())["template"] == "chatml"
     log = (sft_ref.path / "train.log").read_text()
-    assert "stopped after step 10" in log and "resumed from" in log
+    assert "stopped: after step 10" in log and "resumed from" in log
     cfg = load_config(SFTStageConfig, REPO / "configs/sft/debug.toml", SHORT)
     again = sft(stages["base"], stages["sft_data"], cfg, store)  # cached: no relaunch
     assert again == sft_ref and store.manifest(again)["build_id"] == manifest["build_id"]

@@ -16,8 +16,8 @@ from tasks.sft_data import DPODataConfig, prepare_dpo
 from tests.tasks.test_sft_data import DEMO_DPO, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)
 from tests.trainer.test_sft import write_base
 from trainer.dpo import REFERENCE_FILE, dpo_loss, main, reference_logps, sequence_logps
+from trainer.loop import EXIT_STOPPED, STOP_ENV
 from trainer.metrics import read_metrics
-from trainer.pretrain import EXIT_STOPPED, STOP_ENV
 from trainer.sft_data import PreferenceDataset, read_split
 
 

@@ -22,8 +22,8 @@ from tasks.sft_data import SFTDataConfig, prepare_sft
 from tests.tasks.test_sft_data import DEMO_SFT, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)
 from tests.trainer.conftest import train_losses
 from trainer.checkpoint import export_final, list_checkpoints
+from trainer.loop import EXIT_STOPPED, STOP_ENV
 from trainer.metrics import read_metrics
-from trainer.pretrain import EXIT_STOPPED, STOP_ENV
 from trainer.sft import main
 from trainer.sft_data import ChatDataset, chat_loader, encode_chat, pack_rows, read_split
 
