@@ -59,7 +59,7 @@ def _cpu_seconds() -> float:
 
 def prepare(work: Path, replicas: int, shards: int, vocab: int) -> dict[str, Any]:
     """Write the docs artifact, train the tokenizer, export it for HF; returns paths and corpus stats."""
-    from kiln.tokenizer import save_hf_tokenizer
+    from model.hf_tokenizer import save_hf_tokenizer
     from storage.documents import doc_shard_name, write_documents
     from storage.store import Build, open_store
     from tasks.tokenizer import TokenizerConfig, train_tokenizer
@@ -103,7 +103,7 @@ def run_variant(name: str, setup: dict[str, Any], scratch: Path) -> dict[str, An
 def _bare_sentencepiece(docs: Any, tok: Any, by_lines: bool) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from kiln.tokenizer import Tokenizer
+    from model.tokenizer import Tokenizer
     from storage.documents import doc_shards
 
     sp = Tokenizer.load(tok.path).sp

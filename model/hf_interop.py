@@ -15,7 +15,7 @@ so it is exported as plain RoPE with that base; HF's "dynamic" NTK is a differen
 rule. The config carries both the transformers 4 keys (``rope_theta``,
 ``rope_scaling``) and the 5.x ``rope_parameters``.
 
-safetensors is needed (a dependency of transformers); transformers itself is not.
+safetensors (a core dependency) writes the weights; transformers itself is not needed.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from kiln.errors import KilnError
 from model.config import ModelConfig
+from model.hf_tokenizer import save_hf_tokenizer
 from model.llama import LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_LOW_FREQ_FACTOR, Llama
+from model.tokenizer import Tokenizer
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -187,8 +190,6 @@ def export_hf(model_or_state: nn.Module | dict[str, Tensor], cfg: ModelConfig, o
 
     Accepts a `Llama` or its state dict (Kiln names). LoRA adapters must be merged first.
     """
-    from safetensors.torch import save_file
-
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     tensors = {k: v.detach().to("cpu", torch_dtype).contiguous().clone()  # clone: safetensors rejects aliases
@@ -208,8 +209,6 @@ def export_hf(model_or_state: nn.Module | dict[str, Tensor], cfg: ModelConfig, o
 
 def _tokenizer_ids(tokenizer_dir: str | Path, out: Path) -> dict[str, Any]:
     """Write the HF tokenizer files (with a ChatML chat template when the chat tokens exist)."""
-    from kiln.tokenizer import Tokenizer, save_hf_tokenizer
-
     tok = Tokenizer.load(tokenizer_dir)
     save_hf_tokenizer(tokenizer_dir, out)
     pad_id = tok.pad_id if tok.pad_id >= 0 else None
@@ -226,8 +225,6 @@ def _tokenizer_ids(tokenizer_dir: str | Path, out: Path) -> dict[str, Any]:
 
 def load_hf_state_dict(hf_dir: str | Path) -> dict[str, Tensor]:
     """All tensors of an HF checkpoint: one ``model.safetensors`` or shards listed in its index."""
-    from safetensors.torch import load_file
-
     d = Path(hf_dir)
     if (d / WEIGHTS).is_file():
         return load_file(str(d / WEIGHTS))
@@ -253,8 +250,6 @@ def load_weights(model_dir: str | Path) -> tuple[dict[str, Tensor], ModelConfig]
         return from_hf_state_dict(load_hf_state_dict(d), cfg), cfg
     cfg = ModelConfig(**raw)
     if (d / WEIGHTS).is_file():
-        from safetensors.torch import load_file
-
         return load_file(str(d / WEIGHTS)), cfg
     if not (d / "model.pt").is_file():
         raise KilnError(f"{d}: no {WEIGHTS} or model.pt next to config.json")

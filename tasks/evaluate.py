@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import torch
 
-from kiln.chat import find_tokenizer_dir, load_model
 from kiln.config import runtime_field
 from kiln.errors import KilnError
-from kiln.tokenizer import Tokenizer
+from model.loading import find_tokenizer_dir, load_model
+from model.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.stage import Stage, reported

@@ -20,9 +20,9 @@ from typing import Literal
 
 import torch
 
-from kiln.chat import find_tokenizer_dir, model_dir
 from kiln.errors import KilnError
 from model.hf_interop import export_hf, import_hf, load_weights
+from model.loading import find_tokenizer_dir, model_dir
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.stage import Stage, reported
 

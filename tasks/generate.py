@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from kiln.errors import KilnError
-from kiln.tokenizer import Tokenizer
 from model import generate as generate_ids
+from model.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.stage import Stage, reported

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from kiln.config import runtime_field
 from kiln.errors import KilnError
-from kiln.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
 from storage.documents import doc_shards
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from kiln.errors import KilnError
-from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
+from model.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import list_shards

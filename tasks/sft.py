@@ -19,9 +19,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiln.chat import IM_END, find_tokenizer_dir
+from kiln.chat import IM_END
 from kiln.errors import KilnError
-from kiln.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
+from model.loading import find_tokenizer_dir
+from model.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.launch import launch_trainer, record_training

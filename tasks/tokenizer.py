@@ -11,7 +11,7 @@ directory, SentencePiece trains on it (its own `input_sentence_size` cap is a
 second guard) and the file is deleted. Peak RSS and timings land in the manifest.
 
 Artifact: ``tokenizer.model``, ``tokenizer.vocab``, ``tokenizer_meta.json`` (see
-`kiln.tokenizer`). With `existing` set, the stage copies that model instead of
+`model.tokenizer`). With `existing` set, the stage copies that model instead of
 training; the file's sha256 is part of the config, so a changed file reruns.
 """
 
@@ -32,7 +32,8 @@ import sentencepiece as spm
 
 from kiln.config import runtime_field
 from kiln.errors import KilnError
-from kiln.tokenizer import (
+from model.sp_proto import proto_fields, special_pieces, strip_machine_fields
+from model.tokenizer import (
     BOS,
     BOS_ID,
     EOS,
@@ -46,9 +47,6 @@ from kiln.tokenizer import (
     VOCAB_FILE,
     load_sentencepiece,
     padded_vocab_size,
-    proto_fields,
-    special_pieces,
-    strip_machine_fields,
 )
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.documents import doc_shards, iter_documents

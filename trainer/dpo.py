@@ -41,7 +41,7 @@ from trainer.parallelize import DistEnv, autocast_context
 from trainer.sft_data import PreferenceDataset, read_split, split_files
 
 if TYPE_CHECKING:
-    from kiln.tokenizer import Tokenizer
+    from model.tokenizer import Tokenizer
 
 log = logging.getLogger("trainer")
 REFERENCE_FILE = "reference_logps.pt"

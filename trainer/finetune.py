@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from kiln.chat import find_tokenizer_dir, model_dir
 from kiln.config import runtime_field
 from kiln.errors import KilnError
 from model import Llama, ModelConfig
 from model.hf_interop import load_weights
+from model.loading import find_tokenizer_dir, model_dir
 from model.lora import DEFAULT_TARGETS, apply_lora, merge_lora_state_dict, reset_lora_parameters
 from storage.atomic import atomic_write_text
 from trainer.checkpoint import export_final
@@ -36,7 +36,7 @@ from trainer.sft_data import ChatDataset, PreferenceDataset, chat_loader
 from trainer.state import TrainState
 
 if TYPE_CHECKING:
-    from kiln.tokenizer import Tokenizer
+    from model.tokenizer import Tokenizer
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class FinetuneRecipe(Recipe[F]):
         """Read the data artifact; returns the training set (a subclass keeps its val set itself)."""
 
     def build(self) -> Parts:
-        from kiln.tokenizer import Tokenizer
+        from model.tokenizer import Tokenizer
 
         cfg, dist = self.cfg, self.dist
         self.tokenizer_dir = tokenizer_dir_for(cfg)

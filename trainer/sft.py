@@ -33,7 +33,7 @@ from trainer.parallelize import DistEnv, autocast_context
 from trainer.sft_data import ChatDataset, read_split, split_files
 
 if TYPE_CHECKING:
-    from kiln.tokenizer import Tokenizer
+    from model.tokenizer import Tokenizer
 
 log = logging.getLogger("trainer")
 

@@ -61,7 +61,7 @@ def kiln_run(env: dict[str, str], tmp: Path, *extra: str, until: str = "all") ->
     for override in [*SHRINK, *extra]:
         args += ["-s", override]
     proc = subprocess.run(
-        [sys.executable, "-m", "kiln.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, f"kiln run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     result = json.loads(summary.read_text())
@@ -74,7 +74,7 @@ def kiln_plan(env: dict[str, str], *extra: str) -> str:
     for override in [*SHRINK, *extra]:
         args += ["-s", override]
     proc = subprocess.run(
-        [sys.executable, "-m", "kiln.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, f"kiln plan failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -134,7 +134,7 @@ def test_deleted_artifact_is_rebuilt_although_prefect_remembers_it(env, tmp_path
 
 def test_bad_config_is_one_clear_line(env, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kiln.cli", "run", "configs/demo.toml", "-s", "tokenizer.vocab_sise=10"],
+        [sys.executable, "-m", "cli.main", "run", "configs/demo.toml", "-s", "tokenizer.vocab_sise=10"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

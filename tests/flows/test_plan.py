@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.cli import main
+from cli.main import main
 from storage.store import open_store
 from tasks.download import download
 from tasks.pipeline_config import load_pipeline_config
@@ -40,7 +40,7 @@ def _restore_kiln_home(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_plan_on_an_empty_store_builds_everything_without_importing_prefect(tmp_path: Path) -> None:
-    code = ("import sys; from kiln.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from cli.main import main; rc = main(sys.argv[1:]); "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect'], 'prefect imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path / "store"), "plan", DEMO],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -79,7 +79,7 @@ def test_plan_finds_a_built_stage_and_says_what_changed(tmp_path: Path, capsys: 
 @pytest.mark.parametrize("command", ["run", "plan"])
 def test_bad_until_is_one_line_before_prefect_starts(command: str, tmp_path: Path) -> None:
     env = {**os.environ, "KILN_HOME": str(tmp_path / "store"), "PREFECT_HOME": str(tmp_path / "prefect")}
-    proc = subprocess.run([sys.executable, "-m", "kiln.cli", command, DEMO, "--until", "tokenizr"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", command, DEMO, "--until", "tokenizr"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kiln: error: unknown stage 'tokenizr'")

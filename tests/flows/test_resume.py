@@ -31,7 +31,7 @@ def kiln_run(env: dict[str, str], summary: Path, *, until: str) -> subprocess.Co
     args = ["run", "configs/demo.toml", "--until", until, "--summary-json", str(summary)]
     for override in SHRINK:
         args += ["-s", override]
-    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -111,7 +111,7 @@ def test_import_a_transformers_checkpoint(tmp_path):
 
 def test_config_and_tokenizer_files(tmp_path, chat_tokenizer_dir):  # noqa: F811 (the imported fixture)
     transformers = pytest.importorskip("transformers")
-    from kiln.tokenizer import Tokenizer
+    from model.tokenizer import Tokenizer
 
     tok = Tokenizer.load(chat_tokenizer_dir)
     model = random_llama(vocab_size=tok.model_vocab_size)

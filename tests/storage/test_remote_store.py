@@ -346,7 +346,7 @@ def test_kiln_run_on_s3_resumes_on_a_fresh_machine_from_cached_stages(s3_env: di
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
     def kiln(*args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "kiln.cli", *args], cwd=REPO_ROOT, env=env,
+        proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc

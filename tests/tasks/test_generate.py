@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from kiln.errors import KilnError
-from kiln.tokenizer import Tokenizer
 from model import Llama, get_preset
+from model.tokenizer import Tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.generate import GenerateConfig, generate

@@ -12,7 +12,7 @@ import pytest
 
 import tasks.pretokenize as stage
 from kiln.errors import KilnError
-from kiln.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer
 from storage.documents import doc_shards
 from storage.store import ArtifactRef, open_store, sha256_file
 from storage.token_shards import TokenShard, TokenShardWriter, list_shards

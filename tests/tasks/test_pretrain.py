@@ -18,7 +18,7 @@ import tasks.launch as launcher
 import tasks.pretrain as stage
 from kiln.config import load_config
 from kiln.errors import KilnError
-from kiln.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import write_token_shard
 from tasks.launch import launch_command

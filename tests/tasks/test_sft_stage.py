@@ -12,9 +12,10 @@ import json
 import pytest
 import torch
 
-from kiln.chat import chat_loop, generate_text, load_model
+from cli.chat import chat_loop, generate_text
 from kiln.config import load_config
 from kiln.errors import KilnError
+from model.loading import load_model
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.dpo import DPOStageConfig, dpo
 from tasks.evaluate import EvaluateConfig, evaluate

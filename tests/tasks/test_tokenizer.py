@@ -1,4 +1,4 @@
-"""Tokenizer stage and `kiln.tokenizer.Tokenizer` on real Wikipedia text (gensim's enwiki sample)."""
+"""Tokenizer stage and `model.tokenizer.Tokenizer` on real Wikipedia text (gensim's enwiki sample)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import tasks.tokenizer as tokenizer_stage
 from kiln.config import from_dict
 from kiln.errors import KilnError
-from kiln.tokenizer import META_FILE, MODEL_FILE, Tokenizer, padded_vocab_size, save_hf_tokenizer
+from model.hf_tokenizer import save_hf_tokenizer
+from model.tokenizer import META_FILE, MODEL_FILE, Tokenizer, padded_vocab_size
 from storage.store import ArtifactRef, ArtifactStore, artifact_key, open_store
 from tasks.tokenizer import SAMPLE_FILE, TokenizerConfig, split_sentences, train_tokenizer
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact

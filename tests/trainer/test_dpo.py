@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kiln.chat import load_model
-from kiln.tokenizer import Tokenizer
+from model.loading import load_model
+from model.tokenizer import Tokenizer
 from storage.store import open_store
 from tasks.sft_data import DPODataConfig, prepare_dpo
 from tests.tasks.test_sft_data import DEMO_DPO, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)

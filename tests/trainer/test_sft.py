@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.chat import ChatSession, load_model
-from kiln.tokenizer import Tokenizer
+from cli.chat import ChatSession
 from model import IGNORE_INDEX, Llama, get_preset
+from model.loading import load_model
+from model.tokenizer import Tokenizer
 from storage.store import open_store
 from tasks.sft_data import SFTDataConfig, prepare_sft
 from tests.tasks.test_sft_data import DEMO_SFT, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)

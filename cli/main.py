@@ -135,7 +135,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _use_model(args: argparse.Namespace) -> int:
-    from kiln.chat import chat_loop, generate_text
+    from cli.chat import chat_loop, generate_text
 
     sampling = {"system_prompt": args.system, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                 "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "device": args.device}
