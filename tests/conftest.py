@@ -51,3 +51,16 @@ def store(tmp_path: Path):
     from storage.store import open_store
 
     return open_store(tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tokenizer artifact, trained once per session: a 1000-piece BPE with the chat tokens
+    <|im_start|>/<|im_end|> on real wiki text (the SFT, DPO, loop and HF export tests share it)."""
+    from storage.store import open_store
+    from tasks.tokenizer import TokenizerConfig, train_tokenizer
+    from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
+
+    store = open_store(tmp_path_factory.getbasetemp() / "chat-tokenizer")
+    docs = make_docs_artifact(store, load_enwiki_docs(max_chars=3000, limit=80), n_shards=1)
+    return train_tokenizer(docs, TokenizerConfig(vocab_size=1000), store).path

@@ -15,7 +15,6 @@ import torch
 from kiln.errors import KilnError
 from model import Llama, get_preset
 from model.hf_interop import export_hf, import_hf, model_config_from_hf
-from tests.tasks.test_sft_data import chat_tokenizer_dir  # noqa: F401 (a session fixture)
 
 pytest.importorskip("safetensors")
 
@@ -109,7 +108,7 @@ def test_import_a_transformers_checkpoint(tmp_path):
         torch.testing.assert_close(model(x)[0], hf(x).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_config_and_tokenizer_files(tmp_path, chat_tokenizer_dir):  # noqa: F811 (the imported fixture)
+def test_config_and_tokenizer_files(tmp_path, chat_tokenizer_dir):
     transformers = pytest.importorskip("transformers")
     from model.tokenizer import Tokenizer
 

@@ -1,13 +1,12 @@
 """Chat data stages: every record format converts, the artifact is cached, bad records name their position.
 
-Also home of `chat_tokenizer_dir`, a real tokenizer artifact (SentencePiece BPE with
+The session fixture `chat_tokenizer_dir` (tests/conftest.py) is, a real tokenizer artifact (SentencePiece BPE with
 the chat tokens) trained by the tokenizer stage on gensim's enwiki sample; the
 model and trainer tests import the fixture from here.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 from pathlib import Path
@@ -17,29 +16,13 @@ import pytest
 
 from kiln.chat import RecordError, detect_format, render_chat, to_messages, to_preference
 from kiln.errors import KilnError
-from storage.store import ArtifactRef, ArtifactStore, open_store
+from storage.store import ArtifactRef, ArtifactStore
 from tasks.download import DownloadConfig, SourceSpec, download
 from tasks.sft_data import DPODataConfig, SFTDataConfig, prepare_dpo, prepare_sft
 from trainer.sft_data import read_split
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SFT, DEMO_DPO = REPO / "configs/data/demo_sft.jsonl", REPO / "configs/data/demo_dpo.jsonl"
-
-
-@functools.cache
-def build_chat_tokenizer(root: Path) -> Path:
-    """Train (once per session) a 1000-piece BPE tokenizer with <|im_start|>/<|im_end|> on real wiki text."""
-    from tasks.tokenizer import TokenizerConfig, train_tokenizer
-    from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
-
-    store = open_store(root)
-    docs = make_docs_artifact(store, load_enwiki_docs(max_chars=3000, limit=80), n_shards=1)
-    return train_tokenizer(docs, TokenizerConfig(vocab_size=1000), store).path
-
-
-@pytest.fixture(scope="session")
-def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_chat_tokenizer(tmp_path_factory.getbasetemp() / "chat-tokenizer")
 
 
 def raw_artifact(store: ArtifactStore, *paths: Path) -> ArtifactRef:

@@ -23,9 +23,9 @@ from tasks.export import ExportConfig, export
 from tasks.pretokenize import PretokenizeConfig, pretokenize
 from tasks.sft import SFTStageConfig, sft
 from tasks.sft_data import DPODataConfig, SFTDataConfig, prepare_dpo, prepare_sft
-from tests.tasks.test_sft_data import DEMO_DPO, DEMO_SFT, REPO, chat_tokenizer_dir, raw_artifact  # noqa: F401
+from tests.tasks.test_sft_data import DEMO_DPO, DEMO_SFT, REPO, raw_artifact
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
-from tests.trainer.test_sft import write_base
+from tests.trainer.conftest import write_base
 from trainer.dpo import DPOConfig
 from trainer.loop import STOP_ENV
 from trainer.sft import SFTConfig
@@ -42,7 +42,7 @@ def test_shipped_configs_parse_for_trainer_and_stage(path):
 
 
 @pytest.fixture(scope="module")
-def stages(tmp_path_factory, chat_tokenizer_dir) -> dict[str, ArtifactRef]:  # noqa: F811
+def stages(tmp_path_factory, chat_tokenizer_dir) -> dict[str, ArtifactRef]:
     """A pretrain-like base artifact plus SFT and DPO data artifacts in one store."""
     store = open_store(tmp_path_factory.mktemp("stages"))
 
@@ -105,7 +105,7 @@ def test_dpo_stage_on_the_sft_model(stages, sft_ref):
     assert json.loads((ref.path / "DONE.json").read_text())["kind"] == "dpo"
 
 
-def test_evaluate_scores_perplexity_and_chat_loss(stages, sft_ref, chat_tokenizer_dir):  # noqa: F811
+def test_evaluate_scores_perplexity_and_chat_loss(stages, sft_ref, chat_tokenizer_dir):
     store: ArtifactStore = stages["store"]  # type: ignore[assignment]
     docs = make_docs_artifact(store, load_enwiki_docs(max_chars=1500, limit=30), n_shards=1)
     tokenizer = ArtifactRef("tokenizer", chat_tokenizer_dir.name, str(chat_tokenizer_dir))

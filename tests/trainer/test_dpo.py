@@ -11,29 +11,11 @@ import torch
 
 from model.loading import load_model
 from model.tokenizer import Tokenizer
-from storage.store import open_store
-from tasks.sft_data import DPODataConfig, prepare_dpo
-from tests.tasks.test_sft_data import DEMO_DPO, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)
-from tests.trainer.test_sft import write_base
+from tests.trainer.conftest import dpo_args
 from trainer.dpo import REFERENCE_FILE, dpo_loss, main, reference_logps, sequence_logps
 from trainer.loop import EXIT_STOPPED, STOP_ENV
 from trainer.metrics import read_metrics
 from trainer.sft_data import PreferenceDataset, read_split
-
-
-@pytest.fixture(scope="module")
-def dpo_setup(tmp_path_factory, chat_tokenizer_dir) -> dict[str, Path]:  # noqa: F811
-    root = tmp_path_factory.mktemp("dpo")
-    store = open_store(root / "store")
-    data = prepare_dpo(raw_artifact(store, DEMO_DPO), DPODataConfig(val_fraction=0.25), store)
-    return {"base": write_base(root / "base", chat_tokenizer_dir), "data": data.path}
-
-
-def dpo_args(setup: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [f"base.dir={setup['base']}", f"data.dir={setup['data']}", f"run.out_dir={out}", "data.seq_len=64",
-            "data.micro_batch_size=4", "run.steps=16", "run.log_every=1", "run.val_every=8", "run.val_batches=2",
-            "run.device=cpu", "schedule.warmup_steps=2", "optim.lr=2e-3", "optim.min_lr=2e-4",
-            "optim.weight_decay=0.0", "dpo.beta=0.5", "checkpoint.every_steps=4", *extra]
 
 
 def test_dpo_loss_at_the_reference_and_its_gradient():
@@ -58,7 +40,7 @@ def test_sequence_logps_sum_only_labelled_tokens():
     torch.testing.assert_close(sequence_logps(logits, targets), want)
 
 
-def test_pairs_score_only_the_final_reply(dpo_setup, chat_tokenizer_dir):  # noqa: F811
+def test_pairs_score_only_the_final_reply(dpo_setup, chat_tokenizer_dir):
     tok = Tokenizer.load(chat_tokenizer_dir)
     records = read_split(dpo_setup["data"], "train")
     ds = PreferenceDataset(records, tok, 64)
@@ -76,7 +58,7 @@ def dpo_run(dpo_setup, tmp_path_factory) -> Path:
     return out
 
 
-def test_dpo_raises_the_chosen_rejected_margin(dpo_run, dpo_setup, chat_tokenizer_dir):  # noqa: F811
+def test_dpo_raises_the_chosen_rejected_margin(dpo_run, dpo_setup, chat_tokenizer_dir):
     train = read_metrics(dpo_run / "metrics.jsonl", "train")
     assert abs(train[0]["reward_margin"]) < 1e-4  # step 1 scores the reference itself
     assert train[-1]["reward_margin"] > 0.5 and train[-1]["reward_accuracy"] > 0.9

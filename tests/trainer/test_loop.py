@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tasks.test_sft_data import chat_tokenizer_dir  # noqa: F401 (fixture)
-from tests.trainer.conftest import train_args
-from tests.trainer.test_dpo import dpo_args, dpo_setup  # noqa: F401 (fixture)
-from tests.trainer.test_sft import sft_args, sft_setup  # noqa: F401 (fixture)
+from tests.trainer.conftest import dpo_args, sft_args, train_args
 from trainer import dpo, pretrain, sft
 from trainer.checkpoint import list_checkpoints
 from trainer.metrics import read_metrics
@@ -31,7 +28,7 @@ VAL_FIELDS = {"kind", "step", "val_loss", "tokens_seen", "elapsed"}
 LORA = ["lora.rank=4", "lora.alpha=8", "lora.dropout=0.0"]
 
 
-def recipe_runs(pattern_data: Path, sft_setup: dict[str, Path], dpo_setup: dict[str, Path],  # noqa: F811
+def recipe_runs(pattern_data: Path, sft_setup: dict[str, Path], dpo_setup: dict[str, Path],
                 root: Path) -> dict[str, tuple[Callable[[list[str]], int], list[str], int]]:
     """Per recipe: (main, args for a 4-step run with grad accumulation 2, rows of seq_len per micro-batch)."""
     common = [f"run.steps={STEPS}", "run.val_every=2", "checkpoint.every_steps=2", "data.grad_accum_steps=2",
@@ -44,7 +41,7 @@ def recipe_runs(pattern_data: Path, sft_setup: dict[str, Path], dpo_setup: dict[
 
 
 @pytest.fixture(scope="module")
-def runs(pattern_data, sft_setup, dpo_setup, tmp_path_factory) -> dict[str, dict]:  # noqa: F811
+def runs(pattern_data, sft_setup, dpo_setup, tmp_path_factory) -> dict[str, dict]:
     """Each recipe's run directory, seq_len and rows, and the parameters every clip call saw."""
     root = tmp_path_factory.mktemp("loops")
     real_clip = torch.nn.utils.clip_grad_norm_

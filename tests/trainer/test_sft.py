@@ -18,11 +18,8 @@ from cli.chat import ChatSession
 from model import IGNORE_INDEX, Llama, get_preset
 from model.loading import load_model
 from model.tokenizer import Tokenizer
-from storage.store import open_store
-from tasks.sft_data import SFTDataConfig, prepare_sft
-from tests.tasks.test_sft_data import DEMO_SFT, chat_tokenizer_dir, raw_artifact  # noqa: F401 (fixture)
-from tests.trainer.conftest import train_losses
-from trainer.checkpoint import export_final, list_checkpoints
+from tests.trainer.conftest import sft_args, train_losses
+from trainer.checkpoint import list_checkpoints
 from trainer.loop import EXIT_STOPPED, STOP_ENV
 from trainer.metrics import read_metrics
 from trainer.sft import main
@@ -38,35 +35,8 @@ CONVERSATION = [
 
 
 @pytest.fixture(scope="module")
-def tok(chat_tokenizer_dir) -> Tokenizer:  # noqa: F811
+def tok(chat_tokenizer_dir) -> Tokenizer:
     return Tokenizer.load(chat_tokenizer_dir)
-
-
-def write_base(base_dir: Path, tokenizer_dir: Path) -> Path:
-    """A pretrain-like artifact: random debug weights sized for the tokenizer, tokenizer files in final/."""
-    torch.manual_seed(0)
-    cfg = get_preset("debug", vocab_size=Tokenizer.load(tokenizer_dir).model_vocab_size)
-    final = export_final(Llama(cfg).state_dict(), cfg, base_dir / "final")
-    for name in ("tokenizer.model", "tokenizer_meta.json"):
-        (final / name).write_bytes((tokenizer_dir / name).read_bytes())
-    return base_dir
-
-
-@pytest.fixture(scope="module")
-def sft_setup(tmp_path_factory, chat_tokenizer_dir) -> dict[str, Path]:  # noqa: F811
-    """The base model and the demo SFT artifact."""
-    root = tmp_path_factory.mktemp("sft")
-    store = open_store(root / "store")
-    data = prepare_sft(raw_artifact(store, DEMO_SFT), SFTDataConfig(val_fraction=0.2), store)
-    return {"base": write_base(root / "base", chat_tokenizer_dir), "data": data.path}
-
-
-def sft_args(setup: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    """A ~2 s CPU run: 30 steps of 4 packed rows of 96 positions, lr 3e-3, checkpoints every 10."""
-    return [f"base.dir={setup['base']}", f"data.dir={setup['data']}", f"run.out_dir={out}",
-            "data.seq_len=96", "data.micro_batch_size=4", "run.steps=30", "run.log_every=1", "run.val_every=10",
-            "run.val_batches=2", "run.device=cpu", "schedule.warmup_steps=3", "optim.lr=3e-3", "optim.min_lr=3e-4",
-            "optim.weight_decay=0.0", "checkpoint.every_steps=10", "checkpoint.keep_last=2", *extra]
 
 
 # ---------------------------------------------------------------- masks and packing
