@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,12 @@ def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = open_store(tmp_path_factory.getbasetemp() / "chat-tokenizer")
     docs = make_docs_artifact(store, load_enwiki_docs(max_chars=3000, limit=80), n_shards=1)
     return train_tokenizer(docs, TokenizerConfig(vocab_size=1000), store).path
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API of one Prefect server shared by the end-to-end `kiln run`s (why: tests/prefect_server.py)."""
+    from tests.prefect_server import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as (api, _):
+        yield api

@@ -17,15 +17,11 @@ and is torn down whatever happens. About 2 minutes on 2 busy cores.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +32,7 @@ import yaml
 from flows.stages import STAGE_FLOWS
 from tests.conftest import REPO_ROOT
 from tests.flows.test_pipeline import SHRINK
+from tests.prefect_server import prefect_server, stop
 
 pytestmark = pytest.mark.slow
 
@@ -65,24 +62,6 @@ DEPLOY = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """Stop a process we started and everything it started (flow runs, trainers): its own process group."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
 def prefect(env: dict[str, str], *args: str, script: str | None = None, timeout: float = 180) -> str:
     cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "prefect", *args]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -94,48 +73,23 @@ def prefect(env: dict[str, str], *args: str, script: str | None = None, timeout:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A Prefect server, the kiln-process pool, every deployment of prefect.yaml, and one worker."""
     home = tmp_path_factory.mktemp("deployments")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": api,
-           "KILN_HOME": str(home / "artifacts"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
-    env.pop("PREFECT_API_KEY", None)
-    procs: list[subprocess.Popen[Any]] = []
     timings: dict[str, float] = {}
-    try:
-        t0 = time.monotonic()
-        with open(home / "server.log", "w") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        wait_healthy(api, procs[0], home / "server.log")
+    t0 = time.monotonic()
+    extra = {"KILN_HOME": str(home / "artifacts"), "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+    with prefect_server(home, extra) as (api, env):
         timings["server_start_s"] = time.monotonic() - t0
         t0 = time.monotonic()
         prefect(env, "work-pool", "create", "kiln-process", "--type", "process")
         prefect(env, "--no-prompt", "deploy", "--all", script=DEPLOY)
         timings["deploy_s"] = time.monotonic() - t0
         with open(home / "worker.log", "w") as log:
-            procs.append(subprocess.Popen(
+            worker = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", "kiln-process", "--type", "process"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        yield {"api": api, "env": env, "home": home, "store": home / "artifacts", "timings": timings}
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
-
-
-def wait_healthy(api: str, proc: subprocess.Popen[Any], log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"prefect server not healthy after {timeout}s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.5)
+            yield {"api": api, "env": env, "home": home, "store": home / "artifacts", "timings": timings}
+        finally:
+            stop(worker)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ stages downstream of it); then that change reruns exactly those stages.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.flows.test_plan import parse_plan
+from tests.prefect_server import server_env
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +81,10 @@ def kiln_plan(env: dict[str, str], *extra: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def env(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> dict[str, str]:
+    """This module's store and Prefect home; the API is the session's server (tests/prefect_server.py)."""
     home = tmp_path_factory.mktemp("e2e")
-    return {**os.environ, "KILN_HOME": str(home / "artifacts"), "PREFECT_HOME": str(home / "prefect")}
+    return {**server_env(home / "prefect", prefect_api), "KILN_HOME": str(home / "artifacts")}
 
 
 def states(result: dict[str, Any]) -> dict[str, str]:

@@ -11,7 +11,6 @@ same recovery through the UI's "Retry" button in tests/flows/test_deployments.py
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.flows.test_deployments import UPSTREAM
 from tests.flows.test_pipeline import SHRINK
+from tests.prefect_server import server_env
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +40,9 @@ def train_steps(artifact: Path) -> list[int]:
     return [r["step"] for r in records if r.get("kind") == "train"]
 
 
-def test_failed_pretrain_resumes_from_its_checkpoint_with_upstream_cached(tmp_path: Path) -> None:
+def test_failed_pretrain_resumes_from_its_checkpoint_with_upstream_cached(tmp_path: Path, prefect_api: str) -> None:
     store = tmp_path / "artifacts"
-    env: dict[str, Any] = {**os.environ, "KILN_HOME": str(store), "PREFECT_HOME": str(tmp_path / "prefect"),
-                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env: dict[str, Any] = {**server_env(tmp_path / "prefect", prefect_api), "KILN_HOME": str(store)}
     summary = tmp_path / "summary.json"
 
     failed = kiln_run({**env, "KILN_TRAIN_STOP_AFTER_STEP": "6"}, summary, until="pretrain")

@@ -32,6 +32,7 @@ from storage.store import Build, artifact_key, open_store
 from tasks.clean import CleanConfig, clean  # imported here: importing Prefect resets logging handlers (caplog's too)
 from tasks.download import DownloadConfig, SourceSpec, download
 from tests.conftest import REPO_ROOT, gensim_file
+from tests.prefect_server import server_env
 
 ENWIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -337,13 +338,13 @@ def test_dump_status_refuses_an_unfinished_dump() -> None:
 
 
 @pytest.mark.slow
-def test_kiln_run_on_s3_resumes_on_a_fresh_machine_from_cached_stages(s3_env: dict[str, str], tmp_path: Path) -> None:
+def test_kiln_run_on_s3_resumes_on_a_fresh_machine_from_cached_stages(s3_env: dict[str, str], tmp_path: Path,
+                                                                      prefect_api: str) -> None:
     # Run 1 builds download and clean into S3. Run 2 starts with an empty local cache (another
     # machine, same Prefect home): download and clean are Cached, and the tokenizer stage fetches
     # clean's documents from S3 through the ref Prefect hands it back from its cache.
-    env = {**os.environ, **s3_env, "KILN_HOME": f"s3://kiln/cli-{uuid.uuid4().hex[:6]}",
-           "KILN_CACHE_DIR": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**server_env(tmp_path / "prefect", prefect_api), **s3_env,
+           "KILN_HOME": f"s3://kiln/cli-{uuid.uuid4().hex[:6]}", "KILN_CACHE_DIR": str(tmp_path / "cache")}
 
     def kiln(*args: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env=env,
