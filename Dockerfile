@@ -33,6 +33,7 @@ COPY tasks ./tasks
 COPY model ./model
 COPY trainer ./trainer
 COPY flows ./flows
+COPY cli ./cli
 COPY configs ./configs
 COPY prefect.yaml ./
 

@@ -49,8 +49,6 @@ class Step:
 
     task: StageTask
     sources: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
-    section: str = ""
-    """Its `PipelineConfig` field; empty means the step's own name."""
 
     @property
     def stage(self) -> Stage:
@@ -78,7 +76,7 @@ STAGES = tuple(STEPS)
 
 def section(cfg: PipelineConfig, step: str) -> Any:
     """The config section a step runs with (None: not configured)."""
-    return getattr(cfg, STEPS[step].section or step)
+    return getattr(cfg, step)  # each step's config is the `PipelineConfig` field of its name
 
 
 def wiring(cfg: PipelineConfig) -> dict[str, dict[str, str | None]]:

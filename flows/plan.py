@@ -78,8 +78,7 @@ def diff(step: str, wanted: dict[str, Any], manifest: dict[str, Any]) -> list[st
     lines = []
     if str(manifest.get("code_version")) != wanted["code_version"]:
         lines.append(f"~ code_version: {manifest.get('code_version')} -> {wanted['code_version']}")
-    sect = STEPS[step].section or step
-    old, new = dict(_flatten(manifest.get("config"), sect)), dict(_flatten(wanted["config"], sect))
+    old, new = dict(_flatten(manifest.get("config"), step)), dict(_flatten(wanted["config"], step))
     for path in sorted(set(old) | set(new), key=lambda p: (p not in old or p not in new, p)):
         if path not in old:
             lines.append(f"+ {path}: {_show(new[path])}")

@@ -14,7 +14,13 @@ How the pieces fit:
 - `flops.count_params` / `flops_per_token` / `mfu` size a model and score a run
   from the config alone, without building it.
 
-Pure torch: nothing here imports Prefect, Dask or transformers.
+- `tokenizer.Tokenizer` is the model's vocabulary (SentencePiece plus Kiln's metadata);
+  `sp_proto` reads SentencePiece's model file at the wire level; `hf_interop` and
+  `hf_tokenizer` export to (and import from) the Hugging Face layout; `loading` finds a
+  model directory's weights, tokenizer and generation settings.
+
+Nothing here imports Prefect, Dask or transformers: torch, sentencepiece, safetensors and
+tokenizers (all core dependencies) are enough, as on the GPU machines.
 """
 
 from model.config import ModelConfig

@@ -23,6 +23,7 @@ wire format is read in `model.sp_proto`; the Hugging Face export lives in `model
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,17 @@ def newline_split_id(sp: spm.SentencePieceProcessor) -> int | None:
     if any("\n" in sp.id_to_piece(i) for i in range(sp.get_piece_size())):
         return None
     return int(newline[0])
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> Path:
+    """Copy a tokenizer directory's files (model, meta, vocab) into `dst`: every model artifact keeps its
+    tokenizer beside its weights, so `kiln chat <artifact>` and the HF export need nothing else."""
+    out = Path(dst)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, META_FILE, VOCAB_FILE):
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, out / name)
+    return out
 
 
 def load_sentencepiece(path: str | Path) -> spm.SentencePieceProcessor:

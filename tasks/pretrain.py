@@ -1,7 +1,7 @@
 """Pretrain stage: token shards + tokenizer → a trained model, by launching the trainer as a subprocess.
 
     ref = pretrain(tokens_ref, tokenizer_ref, PretrainConfig(), store)
-    # <ref>/final/{model.safetensors|model.pt, config.json, tokenizer.model, tokenizer_meta.json, generation.json}
+    # <ref>/final/{model.safetensors, config.json, tokenizer.model, tokenizer_meta.json, generation.json}
     # <ref>/{metrics.jsonl, loss.png, DONE.json, train.log, train_config.json, checkpoints/step-%08d/}
 
 The trainer (``python -m trainer.pretrain``) is launched by `tasks.launch`, as for
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 
 from kiln.errors import KilnError
-from model.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
+from model.tokenizer import Tokenizer, copy_tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from storage.token_shards import list_shards
@@ -105,10 +104,7 @@ def _train_into(build: Build, tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: 
 
 def _finish_artifact(build: Build, tokenizer: ArtifactRef, tokens: ArtifactRef) -> None:
     """Make the artifact self-contained: the tokenizer and generation settings beside the weights."""
-    final = build.dir / "final"
-    for name in (MODEL_FILE, META_FILE, VOCAB_FILE):
-        if (tokenizer.path / name).is_file():
-            shutil.copy2(tokenizer.path / name, final / name)
+    final = copy_tokenizer(tokenizer.path, build.dir / "final")
     # Documents were packed as [BOS] doc EOS: a prompt should start the way documents did.
     shards = list_shards(tokens.path / "train")
     data_bos = json.loads((shards[0] / "manifest.json").read_text()).get("bos_id") if shards else None

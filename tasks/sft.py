@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.chat import IM_END
 from kiln.errors import KilnError
 from model.loading import find_tokenizer_dir
-from model.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE, Tokenizer
+from model.tokenizer import Tokenizer, copy_tokenizer
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.launch import launch_trainer, record_training
@@ -92,9 +91,7 @@ def finish_artifact(build: Build, base: ArtifactRef, *, chat_bos: bool) -> None:
     """Put the tokenizer and chat generation settings beside the weights."""
     final = build.dir / "final"
     tokenizer_dir = find_tokenizer_dir(base.path / "final")
-    for name in (MODEL_FILE, META_FILE, VOCAB_FILE):
-        if (tokenizer_dir / name).is_file():
-            shutil.copy2(tokenizer_dir / name, final / name)
+    copy_tokenizer(tokenizer_dir, final)
     tok = Tokenizer.load(tokenizer_dir)
     generation = {"template": "chatml", "chat_bos": chat_bos, "stop_ids": [tok.special_tokens[IM_END], tok.eos_id],
                   "eos_id": tok.eos_id, "bos_id": tok.bos_id}

@@ -45,13 +45,13 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 def wait_healthy(api: str, proc: subprocess.Popen[Any], log: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while True:
+        assert proc.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
         try:
             with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
             pass
-        assert proc.poll() is None, f"prefect server exited:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"prefect server not healthy after {timeout}s:\n{log.read_text()[-3000:]}"
         time.sleep(0.5)
 
@@ -67,15 +67,24 @@ def server_env(home: Path, api: str) -> dict[str, str]:
 def prefect_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str]]]:
     """Start ``prefect server start`` with its own home under `home`; yield (api url, its environment)."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**server_env(home / "prefect", api), **(extra_env or {})}
-    with open(home / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    for attempt in range(3):  # a free port can be taken by another process (an xdist worker) before we bind it
+        port = free_port()
+        api = f"http://127.0.0.1:{port}/api"
+        env = {**server_env(home / "prefect", api), **(extra_env or {})}
+        with open(home / "server.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_healthy(api, proc, home / "server.log")
+            time.sleep(1)
+            if proc.poll() is None:  # healthy and ours: another server on that port would have made ours exit
+                break
+        except AssertionError:
+            stop(proc)
+            if attempt == 2:
+                raise
     try:
-        wait_healthy(api, proc, home / "server.log")
         yield api, env
     finally:
         stop(proc)

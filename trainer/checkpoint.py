@@ -39,6 +39,7 @@ from torch import nn
 
 from kiln.config import to_dict
 from model import Llama, ModelConfig
+from model.hf_interop import build_llama, load_weights
 from storage.atomic import atomic_write_text
 from storage.local import sha256_file
 from trainer.parallelize import DistEnv
@@ -267,19 +268,6 @@ def export_final(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, fi
 
 def load_final(final_dir: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> tuple[Llama, ModelConfig]:
-    """The exported model ready for inference (eval mode), and its config."""
-    final = Path(final_dir)
-    model_cfg = ModelConfig(**json.loads((final / "config.json").read_text()))
-    if (final / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(final / "model.safetensors"))
-    else:
-        state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
-    with torch.device("meta"):
-        model = Llama(model_cfg)
-    model.to_empty(device=device)
-    with torch.no_grad():
-        model.init_weights()  # also computes non-persistent buffers (RoPE tables)
-    model.load_state_dict(state)
-    return model.to(dtype).eval(), model_cfg
+    """The exported model ready for inference (eval mode), and its config (`model.hf_interop` reads both layouts)."""
+    state, model_cfg = load_weights(final_dir)
+    return build_llama(state, model_cfg, device=device, dtype=dtype), model_cfg

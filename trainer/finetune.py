@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from kiln.config import runtime_field
@@ -27,6 +27,7 @@ from model import Llama, ModelConfig
 from model.hf_interop import load_weights
 from model.loading import find_tokenizer_dir, model_dir
 from model.lora import DEFAULT_TARGETS, apply_lora, merge_lora_state_dict, reset_lora_parameters
+from model.tokenizer import Tokenizer, copy_tokenizer
 from storage.atomic import atomic_write_text
 from trainer.checkpoint import export_final
 from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection
@@ -34,9 +35,6 @@ from trainer.loop import Parts, Recipe
 from trainer.parallelize import DistEnv, parallelize
 from trainer.sft_data import ChatDataset, PreferenceDataset, chat_loader
 from trainer.state import TrainState
-
-if TYPE_CHECKING:
-    from model.tokenizer import Tokenizer
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -162,21 +160,8 @@ def save_adapter(weights: dict[str, Tensor], lora: LoRASection, out: Path) -> No
     """Adapters alone (small enough to share), with the settings needed to apply them again."""
     adapters = {k: v.contiguous() for k, v in weights.items() if k.endswith((".lora_A", ".lora_B"))}
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        from safetensors.torch import save_file
-
-        save_file(adapters, str(out / "adapter.safetensors"))
-    except ImportError:
-        torch.save(adapters, out / "adapter.pt")
+    save_file(adapters, str(out / "adapter.safetensors"))
     atomic_write_text(out / "adapter_config.json", json.dumps(dataclasses.asdict(lora), indent=2))
-
-
-def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Keep the tokenizer beside the weights so `kiln chat <run>` needs nothing else."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.model", "tokenizer_meta.json", "tokenizer.vocab"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
 
 
 # -- the shared half of the SFT and DPO recipes ---------------------------------------------------
@@ -191,8 +176,6 @@ class FinetuneRecipe(Recipe[F]):
         """Read the data artifact; returns the training set (a subclass keeps its val set itself)."""
 
     def build(self) -> Parts:
-        from model.tokenizer import Tokenizer
-
         cfg, dist = self.cfg, self.dist
         self.tokenizer_dir = tokenizer_dir_for(cfg)
         tokenizer = Tokenizer.load(self.tokenizer_dir)

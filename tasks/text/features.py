@@ -73,7 +73,9 @@ class lazy(Generic[T]):  # noqa: N801 - used like `functools.cached_property`
         self.name = compute.__name__
         self.__doc__ = compute.__doc__
 
-    def __get__(self, obj: Any, owner: Any = None) -> T:
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:  # looked up on the class (help(), inspect): the descriptor itself
+            return self
         value = obj.__dict__[self.name] = self.compute(obj)
         return value
 

@@ -17,7 +17,7 @@ DEMO = REPO_ROOT / "configs" / "demo.toml"
 def test_every_step_reads_a_config_section_of_its_stage_config_type() -> None:
     hints = typing.get_type_hints(PipelineConfig)
     for name, step in STEPS.items():
-        field = step.section or name
+        field = name  # a step reads the PipelineConfig section of its own name
         assert field in hints, f"step {name}: PipelineConfig has no section {field!r}"
         assert step.stage.config in (hints[field], *typing.get_args(hints[field])), (name, hints[field])
         assert set(step.sources) == set(step.stage.inputs), f"step {name}: wire exactly the stage's inputs"

@@ -293,6 +293,20 @@ def test_dockerfile_passes_hadolint() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_dockerfile_copies_every_package_the_install_looks_for() -> None:
+    # pip installs only the packages present in the build context: one missing COPY (cli/ once)
+    # installs cleanly and then fails at `kiln` with ModuleNotFoundError.
+    import tomllib
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {line.split()[1] for line in (REPO_ROOT / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ") and not line.startswith("COPY --")}
+    assert packages and packages <= copied, sorted(packages - copied)
+    entry = pyproject["project"]["scripts"]["kiln"].split(":")[0].split(".")[0]
+    assert entry in packages
+
+
 def test_compose_runs_server_worker_and_gpu_trainer_from_one_image_without_secrets() -> None:
     spec = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     services = spec["services"]

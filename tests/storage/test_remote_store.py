@@ -32,7 +32,7 @@ from storage.store import Build, artifact_key, open_store
 from tasks.clean import CleanConfig, clean  # imported here: importing Prefect resets logging handlers (caplog's too)
 from tasks.download import DownloadConfig, SourceSpec, download
 from tests.conftest import REPO_ROOT, gensim_file
-from tests.prefect_server import server_env
+from tests.prefect_server import free_port, server_env
 
 ENWIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -185,12 +185,6 @@ def test_credentials_in_the_url_are_refused_without_echoing_them() -> None:
 
 
 # -- a real S3 protocol: moto's server on 127.0.0.1 ------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """moto_server with IAM auth: one user whose key may do s3:*, and a bucket ``kiln``."""
