@@ -45,8 +45,8 @@ def make_plan(cfg: PipelineConfig, until: str, store: ArtifactStore) -> list[Sta
     for name in plan(cfg, until):
         stage = STEPS[name].stage
         inputs = step_inputs(cfg, name, refs)
-        config, _ = stage.key_material(section(cfg, name), inputs)
-        key = stage.key(section(cfg, name), inputs)
+        config, given = stage.key_material(section(cfg, name), inputs)
+        key = stage.key_of(config, given)
         refs[name] = ref = store.ref(stage.name, key)
         if store.get(stage.name, key) is not None:
             out.append(StagePlan(name, ref, present=True))

@@ -276,7 +276,7 @@ def create_markdown_artifact(**kwargs: Any) -> Any:
 @CLEAN.task
 def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; publishes the stage card and the per-source report in the UI."""
-    ref = reported(STAGE, clean(raw, cfg, open_store(store_root)))
+    ref = reported(clean(raw, cfg, open_store(store_root)))
     try:
         create_markdown_artifact(
             markdown=(ref.path / REPORT_MD).read_text(encoding="utf-8"),

@@ -41,4 +41,4 @@ def dpo(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store: Artifa
 @DPO.task
 def dpo_task(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; a rerun resumes from the trainer's checkpoint."""
-    return reported(STAGE, dpo(base, data, cfg, open_store(store_root)))
+    return reported(dpo(base, data, cfg, open_store(store_root)))

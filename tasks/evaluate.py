@@ -126,4 +126,4 @@ def chat_loss(model: torch.nn.Module, tokenizer: Tokenizer, chat: ArtifactRef, s
 def evaluate_task(model: ArtifactRef, tokens: ArtifactRef | None, chat: ArtifactRef | None, cfg: EvaluateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; `tokens` or `chat` may be None."""
-    return reported(STAGE, evaluate(model, cfg, open_store(store_root), tokens=tokens, chat=chat))
+    return reported(evaluate(model, cfg, open_store(store_root), tokens=tokens, chat=chat))

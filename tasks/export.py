@@ -72,4 +72,4 @@ def verify_export(state: dict[str, torch.Tensor], out_dir: Path, dtype: str) -> 
 @EXPORT.task
 def export_task(model: ArtifactRef, cfg: ExportConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(STAGE, export(model, cfg, open_store(store_root)))
+    return reported(export(model, cfg, open_store(store_root)))

@@ -78,7 +78,7 @@ def generate(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateCo
 def generate_task(model_ref: ArtifactRef, tokenizer_ref: ArtifactRef, cfg: GenerateConfig,
                   store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(STAGE, generate(model_ref, tokenizer_ref, cfg, open_store(store_root)))
+    return reported(generate(model_ref, tokenizer_ref, cfg, open_store(store_root)))
 
 
 def sample_texts(model_dir: Path, tok: Tokenizer, cfg: GenerateConfig) -> list[dict[str, Any]]:

@@ -99,7 +99,7 @@ def pretokenize(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfi
 @PRETOKENIZE.task
 def pretokenize_task(docs: ArtifactRef, tokenizer: ArtifactRef, cfg: PretokenizeConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key (see tasks.stage)."""
-    return reported(STAGE, pretokenize(docs, tokenizer, cfg, open_store(store_root)))
+    return reported(pretokenize(docs, tokenizer, cfg, open_store(store_root)))
 
 
 def is_val(doc_id: str, fraction: float) -> bool:
@@ -237,6 +237,6 @@ def _write_meta(
 # -- engines ---------------------------------------------------------------------------
 def choose_engine(cfg: PretokenizeConfig, pending: Sequence[Path]) -> str:
     """The engine `auto` stands for, given the shards left to do."""
-    input_bytes = sum(p.stat().st_size for p in pending) if cfg.engine == "auto" and not cfg.dask_address else 0
+    input_bytes = sum(p.stat().st_size for p in pending)
     return runner.choose_engine(cfg.engine, cfg.dask_address, input_bytes, cfg.serial_max_mb * 2**20, len(pending),
                                 cfg.workers)

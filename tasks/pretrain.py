@@ -88,7 +88,7 @@ def pretrain(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, s
 @PRETRAIN.task
 def pretrain_task(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
-    return reported(STAGE, pretrain(tokens, tokenizer, cfg, open_store(store_root)))
+    return reported(pretrain(tokens, tokenizer, cfg, open_store(store_root)))
 
 
 def _train_into(build: Build, tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig) -> None:

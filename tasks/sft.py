@@ -101,4 +101,4 @@ def finish_artifact(build: Build, base: ArtifactRef, *, chat_bos: bool) -> None:
 @SFT.task
 def sft_task(base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key; no retries (a rerun resumes from the checkpoint anyway)."""
-    return reported(STAGE, sft(base, data, cfg, open_store(store_root)))
+    return reported(sft(base, data, cfg, open_store(store_root)))

@@ -233,10 +233,10 @@ def _iter_lines(path: Path) -> Iterator[tuple[str, Any]]:
 @SFT_DATA.task
 def prepare_sft_task(raw: ArtifactRef, cfg: SFTDataConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(SFT_STAGE, prepare_sft(raw, cfg, open_store(store_root)))
+    return reported(prepare_sft(raw, cfg, open_store(store_root)))
 
 
 @DPO_DATA.task
 def prepare_dpo_task(raw: ArtifactRef, cfg: DPODataConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key."""
-    return reported(DPO_STAGE, prepare_dpo(raw, cfg, open_store(store_root)))
+    return reported(prepare_dpo(raw, cfg, open_store(store_root)))

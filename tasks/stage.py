@@ -83,7 +83,10 @@ class Stage:
 
     def key(self, cfg: Any, refs: Refs) -> str:
         """The artifact key of this stage for `cfg` and `refs` (what `produce` builds or finds)."""
-        config, inputs = self.key_material(cfg, refs)
+        return self.key_of(*self.key_material(cfg, refs))
+
+    def key_of(self, config: Any, inputs: list[ArtifactRef]) -> str:
+        """The artifact key of already computed `key_material` (it may hash local files: compute it once)."""
         return artifact_key(self.name, self.code_version, config, inputs)
 
     def produce(self, store: ArtifactStore, cfg: Any, refs: Refs, work: Callable[[Build], None]) -> ArtifactRef:
@@ -155,7 +158,7 @@ def _as_ref(value: Any) -> ArtifactRef:
     return ArtifactRef(stage=str(value.stage), key=str(value.key), uri=str(value.uri))
 
 
-def reported(stage: str, ref: ArtifactRef) -> ArtifactRef:
+def reported(ref: ArtifactRef) -> ArtifactRef:
     """Publish a finished stage's Prefect artifacts (counts/sizes/timings table, loss curve); pass `ref` on.
 
     Called by the task wrappers only: outside a Prefect run the publishers do nothing.
@@ -163,7 +166,7 @@ def reported(stage: str, ref: ArtifactRef) -> ArtifactRef:
     from tasks.report import publish_image, publish_stage_report
 
     manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
-    publish_stage_report(stage, ref, manifest)
+    publish_stage_report(ref.stage, ref, manifest)
     if "loss.png" in manifest.get("files", {}):
-        publish_image(stage, ref.path / "loss.png")
+        publish_image(ref.stage, ref.path / "loss.png")
     return ref

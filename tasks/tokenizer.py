@@ -186,7 +186,7 @@ def train_tokenizer(docs: ArtifactRef, cfg: TokenizerConfig, store: ArtifactStor
 @TOKENIZER.task
 def tokenizer_task(docs: ArtifactRef, cfg: TokenizerConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: cached by artifact key (see tasks.stage)."""
-    return reported(STAGE, train_tokenizer(docs, cfg, open_store(store_root)))
+    return reported(train_tokenizer(docs, cfg, open_store(store_root)))
 
 
 def _build_into(build: Build, docs: ArtifactRef, cfg: TokenizerConfig) -> None:
