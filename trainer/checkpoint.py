@@ -7,8 +7,14 @@ Layout of one checkpoint, ``<out_dir>/checkpoints/step-00001000/``:
                                 each rank writes its own shard, loadable at another world size
     rng-rank00000.pt ...        per-rank RNG states (python, numpy, torch, cuda) as tensors/lists
     trainer_state.json          `trainer.state.TrainState`: step, tokens seen, val losses, loader position
-    config.json                 the run's full config (any recipe's) and the resolved ModelConfig
+    config.json                 the run's full config (any recipe's) minus host paths, and the resolved ModelConfig
     manifest.json               sha256 + size of every file above, written last
+    run.json                    run log, not in the manifest: wall time so far and the run's host paths
+
+Everything but ``run.json`` is a pure function of the config and the data: two runs of one
+config, in any directories, on any day, write byte-identical checkpoints (`seed_all` seeds
+every RNG whose state is saved, so none starts from OS entropy). ``run.json`` holds what
+differs between such runs; a missing or garbled one only restarts the wall clock.
 
 Everything is written into a hidden ``.tmp-step-…`` directory that is renamed into
 place only after the manifest is in it, so a checkpoint counts only once its
@@ -42,13 +48,16 @@ from model import Llama, ModelConfig
 from model.hf_interop import build_llama, load_weights
 from storage.atomic import atomic_write_text
 from storage.local import sha256_file
+from trainer.config import split_host_paths
 from trainer.parallelize import DistEnv
+from trainer.state import LOG_FIELDS
 
 log = logging.getLogger("trainer")
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 STATE_FILE = "trainer_state.json"
+RUN_LOG = "run.json"
 PREFIX = "step-"
 
 
@@ -68,6 +77,15 @@ def step_of(path: Path) -> int:
 
 
 # -- RNG state as weights_only-loadable data -----------------------------------------------------
+def seed_all(seed: int) -> None:
+    """Seed every RNG whose state a checkpoint saves: Python's and numpy's global ones (which
+    otherwise start from OS entropy in each process, so their saved states would differ between
+    two runs of one config) and torch's (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state(legacy=True)
@@ -96,13 +114,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- save -------------------------------------------------------------------------------------
+def save_pt(obj: Any, path: str | Path) -> None:
+    """`torch.save` through an open file: the zip's records are then named ``archive/...``. Given a
+    path, torch names them after the file, so a temporary name (`storage.atomic.atomic_path`'s are
+    random) would make the same tensors different bytes."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
                     trainer_state: dict[str, Any], cfg: Any, model_cfg: ModelConfig, dist: DistEnv,
-                    val_loss: float | None = None) -> Path:
+                    val_loss: float | None = None, run_log: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path.
 
-    `trainer_state` is `trainer.state.TrainState.to_dict()`; `cfg` the run's whole config
-    dataclass (any recipe's), saved beside the weights.
+    `trainer_state` is `trainer.state.TrainState.content_dict()`; `cfg` the run's whole config
+    dataclass (any recipe's), saved beside the weights without its host paths, which go to
+    ``run.json`` with `run_log` (`TrainState.log_dict()`: the wall clock).
     """
     final = checkpoint_path(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
@@ -117,14 +144,16 @@ def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Ll
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     elif dist.is_main:
-        torch.save(raw.state_dict(), tmp / "model.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / f"rng-rank{dist.rank:05d}.pt")
+        save_pt(raw.state_dict(), tmp / "model.pt")
+        save_pt(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_pt(rng_state(), tmp / f"rng-rank{dist.rank:05d}.pt")
     dist.barrier()
     if dist.is_main:
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "scheduler": {"step": step}}, indent=2))
-        configs = {"train": to_dict(cfg), "model": dataclasses.asdict(model_cfg)}
+        train_cfg, paths = split_host_paths(cfg) if dataclasses.is_dataclass(cfg) else (to_dict(cfg), {})
+        configs = {"train": train_cfg, "model": dataclasses.asdict(model_cfg)}
         (tmp / "config.json").write_text(json.dumps(configs, indent=2))
+        (tmp / RUN_LOG).write_text(json.dumps({**(run_log or {}), "paths": paths}, indent=2))
         _write_manifest(tmp, step, val_loss)
         if final.exists():  # left by an attempt that went further before a crash: superseded
             shutil.rmtree(final)
@@ -137,7 +166,7 @@ def _write_manifest(directory: Path, step: int, val_loss: float | None) -> None:
     files = {
         str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, RUN_LOG)
     }
     atomic_write_text(directory / MANIFEST, json.dumps({"step": step, "val_loss": val_loss, "files": files},
                                                        indent=2))
@@ -225,7 +254,22 @@ def load_checkpoint(path: Path, *, model: nn.Module, raw: Llama, optimizer: torc
     if not rng_file.is_file():  # resumed with more ranks than saved: reuse rank 0's stream
         rng_file = path / "rng-rank00000.pt"
     set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((path / STATE_FILE).read_text())
+    return {**_run_log_fields(path), **json.loads((path / STATE_FILE).read_text())}
+
+
+def _run_log_fields(path: Path) -> dict[str, Any]:
+    """The trainer-state fields kept in ``run.json`` (elapsed time); {} if it is missing or garbled
+    (checkpoints of older Kiln versions have them in ``trainer_state.json`` instead)."""
+    try:
+        saved = json.loads((path / RUN_LOG).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s: unreadable (%s); the run's wall clock restarts from 0", path / RUN_LOG, exc)
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    return {k: float(saved[k]) for k in LOG_FIELDS if isinstance(saved.get(k), (int, float))}
 
 
 def _mode_error(path: Path, saved: str, now: str) -> Exception:

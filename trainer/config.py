@@ -22,11 +22,38 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from kiln.config import runtime_field
+from kiln.config import runtime_field, to_dict
 from kiln.errors import KilnError
 from model import ModelConfig, get_preset
+
+HOST_PATH = {"host_path": True}
+"""Field metadata marking a path on this machine (data, base model, run directory): where a run
+reads and writes, never what it learns. Checkpoints keep such fields out of their content
+(`split_host_paths`) so that the same run in another directory writes the same bytes."""
+
+
+def host_path_field() -> Any:
+    """A path field (default empty) marked `HOST_PATH`."""
+    return field(default="", metadata=HOST_PATH)
+
+
+def split_host_paths(cfg: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """`cfg` (a nested config dataclass) as plain data without its `HOST_PATH` fields, and those
+    fields by dotted name (``{"run.out_dir": "/runs/x", ...}``)."""
+    content, paths = to_dict(cfg), {}
+
+    def walk(obj: Any, node: dict[str, Any], prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("host_path"):
+                paths[prefix + f.name] = node.pop(f.name)
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                walk(value, node[f.name], f"{prefix}{f.name}.")
+
+    walk(cfg, content, "")
+    return content, paths
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -52,9 +79,9 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    train_dir: str = ""
+    train_dir: str = host_path_field()
     """Split directory of token shards (``<tokens artifact>/train``); required to train."""
-    val_dir: str = ""
+    val_dir: str = host_path_field()
     """Validation split directory; empty means no validation."""
     seq_len: int = 128
     """Tokens per training sequence; at most the model's max_seq_len."""
@@ -150,7 +177,7 @@ class CheckpointSection:
 
 @dataclass(frozen=True)
 class RunSection:
-    out_dir: str = ""
+    out_dir: str = host_path_field()
     """Run directory: checkpoints/, metrics.jsonl, loss.png, final/, DONE.json. Reusing it resumes."""
     steps: int = 1000
     """Optimizer steps in the whole run (the schedule's length)."""

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from kiln.errors import KilnError
 from storage.atomic import atomic_path
+from trainer.checkpoint import save_pt
 from trainer.finetune import FinetuneConfig, FinetuneRecipe
 from trainer.loop import Batch, Parts, run_main
 from trainer.parallelize import DistEnv, autocast_context
@@ -126,7 +127,7 @@ def load_or_compute_reference(model: nn.Module, sets: dict[str, PreferenceDatase
     ref = {name: reference_logps(model, ds, cfg, dist) for name, ds in sets.items()}
     if dist.is_main:
         with atomic_path(path) as tmp:
-            torch.save({k: v.cpu() for k, v in ref.items()}, tmp)
+            save_pt({k: v.cpu() for k, v in ref.items()}, tmp)  # not torch.save(tmp): it names records after tmp
     dist.barrier()
     return ref
 

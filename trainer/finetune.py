@@ -30,7 +30,7 @@ from model.lora import DEFAULT_TARGETS, apply_lora, merge_lora_state_dict, reset
 from model.tokenizer import Tokenizer, copy_tokenizer
 from storage.atomic import atomic_write_text
 from trainer.checkpoint import export_final
-from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection
+from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection, host_path_field
 from trainer.loop import Parts, Recipe
 from trainer.parallelize import DistEnv, parallelize
 from trainer.sft_data import ChatDataset, PreferenceDataset, chat_loader
@@ -40,15 +40,15 @@ from trainer.state import TrainState
 # -- config -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BaseSection:
-    dir: str = ""
+    dir: str = host_path_field()
     """Model to start from: an artifact/run dir holding ``final/``, a ``final/`` dir, or an HF Llama dir."""
 
 
 @dataclass(frozen=True)
 class ChatDataSection:
-    dir: str = ""
+    dir: str = host_path_field()
     """Chat data artifact (``sft_data`` / ``dpo_data`` stage): ``train/`` and ``val/`` Parquet parts."""
-    tokenizer_dir: str = ""
+    tokenizer_dir: str = host_path_field()
     """Tokenizer directory; empty = the one stored with the base model (``final/`` or ``tokenizer/``)."""
     seq_len: int = 512
     """Positions per row; longer conversations are cut at the end. At most the model's max_seq_len."""

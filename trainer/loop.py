@@ -13,6 +13,11 @@ that train), fp16 loss scaling, the lr schedule, ``metrics.jsonl`` + ``loss.png`
 checkpoints with pruning, ``KILN_TRAIN_STOP_AFTER_STEP``, and ``DONE.json``
 (`trainer.summary`) written last.
 
+Reproducible: the run's outputs split into content, a pure function of the config and
+the data (``final/``, every checkpoint file but ``run.json``: two runs of one config, or a
+run killed and resumed, write the same bytes), and `RUN_LOGS`, the records of how this
+run went (wall times, tokens/s, host paths).
+
 As in torchtitan's ``Trainer.train``, the loop body is short because each component
 owns its cadence: `TrainLogger`, `Validator` and `Checkpointer` each look at the step
 and decide whether to act. Only rank 0 logs and writes files; checkpoints, exports
@@ -45,12 +50,15 @@ from model import Llama, ModelConfig, mfu
 from model.lora import trainable_parameters
 from storage.atomic import atomic_write_text
 from trainer.checkpoint import (
+    CHECKPOINTS,
+    RUN_LOG,
     checkpoint_path,
     find_resume_point,
     full_state_dict,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    seed_all,
     step_of,
 )
 from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection
@@ -60,9 +68,16 @@ from trainer.optim import build_optimizer
 from trainer.parallelize import DistEnv, autocast_context, compute_dtype, init_distributed
 from trainer.schedule import lr_at
 from trainer.state import TrainState
-from trainer.summary import TrainSummary
+from trainer.summary import DONE_FILE, TrainSummary
 
 log = logging.getLogger("trainer")
+
+RUN_LOGS = ("metrics.jsonl", "loss.png", DONE_FILE, "train_config.json", f"{CHECKPOINTS}/*/{RUN_LOG}",
+            "tb/**", "wandb/**")
+"""Glob patterns (relative to run.out_dir) of the run's logs: wall-clock timings, tokens/s and
+host paths (metrics.jsonl, DONE.json's elapsed_s, train_config.json's paths, each checkpoint's
+run.json, TensorBoard/W&B files), and loss.png, a picture of metrics.jsonl. Everything else
+the run writes is content."""
 
 STOP_ENV = "KILN_TRAIN_STOP_AFTER_STEP"
 EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again" -- a rerun resumes
@@ -241,8 +256,14 @@ class Checkpointer:
     def save(self, state: TrainState, val_loss: float | None) -> None:
         state.data = self.parts.loader.state_dict()
         save_checkpoint(self.out_dir, state.step, model=self.parts.model, raw=self.parts.raw,
-                        optimizer=self.optimizer, trainer_state=state.to_dict(), cfg=self.cfg,
-                        model_cfg=self.parts.model_cfg, dist=self.dist, val_loss=val_loss)
+                        optimizer=self.optimizer, trainer_state=state.content_dict(), cfg=self.cfg,
+                        model_cfg=self.parts.model_cfg, dist=self.dist, val_loss=val_loss,
+                        run_log=state.log_dict())
+        self.prune()
+
+    def prune(self) -> None:
+        """Keep the newest `keep_last` (and the best): after every save, and once more at the end, so a
+        run killed between its last save and that save's pruning keeps the same checkpoints as one never killed."""
         if self.dist.is_main:
             prune_checkpoints(self.out_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best)
 
@@ -314,6 +335,7 @@ class Trainer:
         if dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2))
+        seed_all(cfg.run.seed)  # before anything draws: weight init, dropout, LoRA init
         self.parts = recipe.build()
         self.optimizer = build_optimizer(self.parts.raw, cfg.optim)
         self.params = trainable(self.parts.raw)
@@ -360,6 +382,8 @@ class Trainer:
         self.parts.loader.close()
         if not self.checkpointer.finished_before():
             self.checkpointer.save(state, self.validator(state))
+        else:
+            self.checkpointer.prune()
         return self.finish()
 
     def finish(self) -> TrainSummary:

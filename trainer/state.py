@@ -1,6 +1,8 @@
 """`TrainState`: everything about a run's progress that a checkpoint restores, as one typed record.
 
-Saved as ``trainer_state.json`` in each checkpoint (`trainer.checkpoint`). The rest
+Saved as ``trainer_state.json`` in each checkpoint (`trainer.checkpoint`), except the
+wall-clock fields (`LOG_FIELDS`): they go to the checkpoint's ``run.json`` log, so two
+runs of one config write byte-identical checkpoints however fast they ran. The rest
 of a resume lives beside it: model and optimizer tensors, and per-rank RNG states
 (``rng-rank*.pt``; tensors, so they stay out of the JSON). The lr schedule needs no
 state of its own: it is a pure function of `step`.
@@ -11,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+LOG_FIELDS = ("elapsed_s",)
+"""Fields that depend on how fast the run went, not on what it computed."""
 
 
 @dataclass
@@ -36,8 +41,17 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def content_dict(self) -> dict[str, Any]:
+        """`to_dict` without the wall-clock `LOG_FIELDS`: what ``trainer_state.json`` holds."""
+        return {k: v for k, v in self.to_dict().items() if k not in LOG_FIELDS}
+
+    def log_dict(self) -> dict[str, Any]:
+        """Just the `LOG_FIELDS` (the checkpoint's ``run.json``)."""
+        return {k: getattr(self, k) for k in LOG_FIELDS}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        """From ``trainer_state.json``; keys it does not know (e.g. the saved ``scheduler`` step) are ignored."""
+        """From ``trainer_state.json`` (plus ``run.json``'s fields); unknown keys (e.g. the saved ``scheduler``
+        step) are ignored, missing ones keep their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -8,7 +8,10 @@ window is identified by its first token.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from storage.token_shards import write_token_shard
 from tasks.sft_data import DPODataConfig, SFTDataConfig, prepare_dpo, prepare_sft
 from tests.tasks.test_sft_data import DEMO_DPO, DEMO_SFT, raw_artifact
 from trainer.checkpoint import export_final
+from trainer.loop import RUN_LOGS
 
 VOCAB = 512  # the debug preset's vocab
 EOS = 0
@@ -72,6 +76,23 @@ def train_args(data: Path, out_dir: Path, *extra: str) -> list[str]:
         "schedule.warmup_steps=2", "optim.lr=3e-3", "optim.min_lr=3e-4",
         "checkpoint.every_steps=5", "checkpoint.keep_last=2", *extra,
     ]
+
+
+def content_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a run directory that is not a run log (`trainer.loop.RUN_LOGS`)."""
+    found = {}
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).as_posix()
+        if p.is_file() and not any(fnmatch.fnmatchcase(rel, pattern) for pattern in RUN_LOGS):
+            found[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return found
+
+
+def fresh_process_rngs() -> None:
+    """Reseed Python's and numpy's global RNGs from OS entropy, as every new interpreter does: an
+    in-process run then starts where a separately launched trainer would (torch's starts fixed)."""
+    random.seed()
+    np.random.seed()
 
 
 def train_losses(out_dir: Path) -> list[float]:

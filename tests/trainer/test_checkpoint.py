@@ -13,6 +13,7 @@ import torch
 from model import Llama, get_preset
 from trainer.checkpoint import (
     checkpoint_path,
+    checkpoint_problem,
     export_final,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -21,9 +22,10 @@ from trainer.checkpoint import (
     prune_checkpoints,
     rng_state,
     save_checkpoint,
+    save_pt,
     set_rng_state,
 )
-from trainer.config import TrainConfig
+from trainer.config import RunSection, TrainConfig
 from trainer.optim import build_optimizer
 from trainer.parallelize import DistEnv
 
@@ -52,9 +54,9 @@ def test_layout_manifest_and_weights_only_load(tmp_path):
     assert path == checkpoint_path(tmp_path, 7) and path.name == "step-00000007"
     names = {p.name for p in path.iterdir()}
     assert names == {"model.pt", "optimizer.pt", "rng-rank00000.pt", "trainer_state.json", "config.json",
-                     "manifest.json"}
+                     "manifest.json", "run.json"}
     manifest = json.loads((path / "manifest.json").read_text())
-    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert set(manifest["files"]) == names - {"manifest.json", "run.json"}  # run.json is the run's log
     assert all(len(m["sha256"]) == 64 for m in manifest["files"].values())
     for name in ("model.pt", "optimizer.pt", "rng-rank00000.pt"):
         torch.load(path / name, weights_only=True)  # raises if anything but tensors/containers is inside
@@ -129,3 +131,32 @@ def test_export_final_round_trips(tmp_path, dtype):
     x = torch.randint(0, 512, (1, 12))
     tol = 0 if dtype == "float32" else 0.1
     torch.testing.assert_close(loaded(x)[0], model(x)[0], atol=tol, rtol=tol)
+
+
+def test_run_log_is_outside_the_manifest_and_a_garbled_one_only_restarts_the_clock(tmp_path, caplog):
+    model, opt = trained_model()
+
+    def save_from(run_dir: str, elapsed: float):  # another directory, another wall clock
+        cfg = TrainConfig(run=RunSection(out_dir=str(tmp_path / run_dir)))
+        return save_checkpoint(tmp_path / run_dir, 3, model=model, raw=model, optimizer=opt, trainer_state={"step": 3},
+                               cfg=cfg, model_cfg=model.cfg, dist=SINGLE, run_log={"elapsed_s": elapsed})
+
+    a, b = save_from("a", 1.5), save_from("b", 9.25)
+    for name in ("model.pt", "optimizer.pt", "trainer_state.json", "config.json", "manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert json.loads((a / "run.json").read_text()) == {"elapsed_s": 1.5, "paths": {
+        "data.train_dir": "", "data.val_dir": "", "run.out_dir": str(tmp_path / "a")}}
+    other, other_opt = trained_model(seed=1)
+    assert load_checkpoint(a, model=other, raw=other, optimizer=other_opt, dist=SINGLE)["elapsed_s"] == 1.5
+    (a / "run.json").write_text("{not json")
+    assert checkpoint_problem(a) is None  # a log: not part of what the manifest vouches for
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        state = load_checkpoint(a, model=other, raw=other, optimizer=other_opt, dist=SINGLE)
+    assert "elapsed_s" not in state and "run.json: unreadable" in caplog.text
+
+
+def test_pt_bytes_do_not_depend_on_the_file_name(tmp_path):
+    blob = {"w": torch.arange(6.0)}
+    save_pt(blob, tmp_path / "model.pt")
+    save_pt(blob, tmp_path / ".model.pt.x8k2.tmp")
+    assert (tmp_path / "model.pt").read_bytes() == (tmp_path / ".model.pt.x8k2.tmp").read_bytes()

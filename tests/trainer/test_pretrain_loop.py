@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tests.trainer.conftest import train_args, train_losses
+from tests.trainer.conftest import content_digests, fresh_process_rngs, train_args, train_losses
 from trainer.checkpoint import list_checkpoints, load_final
 from trainer.metrics import read_metrics
 from trainer.pretrain import EXIT_STOPPED, STOP_ENV, main
@@ -43,6 +43,23 @@ def test_stop_and_resume_reproduces_the_loss_curve_bitwise(pattern_data, straigh
     assert train_losses(tmp_path) == train_losses(straight_run)  # exact float equality, steps 1-20
     val = read_metrics(tmp_path / "metrics.jsonl", "val")
     assert [m["step"] for m in val] == [5, 10, 15, 20]  # no duplicate lines after the resume
+    assert content_digests(tmp_path) == content_digests(straight_run)  # weights, optimizer, RNG: every byte
+
+
+def test_two_runs_of_one_config_write_identical_content(pattern_data, straight_run, tmp_path):
+    """Weights, optimizer and RNG states, checkpoint configs and states: byte for byte, in another directory."""
+    fresh_process_rngs()
+    assert main(train_args(pattern_data, tmp_path)) == 0
+    ours, theirs = content_digests(tmp_path), content_digests(straight_run)
+    assert {"final/model.safetensors", "checkpoints/step-00000020/model.pt",
+            "checkpoints/step-00000020/optimizer.pt", "checkpoints/step-00000020/rng-rank00000.pt",
+            "checkpoints/step-00000020/trainer_state.json", "checkpoints/step-00000020/config.json",
+            "checkpoints/step-00000020/manifest.json"} <= set(ours)
+    assert ours == theirs
+    # What differs lives in the run logs: this run's directory, its wall clock.
+    run_log = json.loads((tmp_path / "checkpoints" / "step-00000020" / "run.json").read_text())
+    assert run_log["paths"]["run.out_dir"] == str(tmp_path) and run_log["elapsed_s"] > 0
+    assert str(tmp_path) not in (tmp_path / "checkpoints" / "step-00000020" / "config.json").read_text()
 
 
 def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(pattern_data, straight_run, tmp_path,
