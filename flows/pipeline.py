@@ -9,7 +9,7 @@ from prefect import flow
 from flows.dag import run_dag
 
 
-@flow(name="kiln-pipeline", log_prints=True)
+@flow(name="kiln-pipeline", log_prints=True, persist_result=False)  # results are refs into the store
 def pipeline(
     config: str = "configs/demo.toml", overrides: list[str] | None = None, until: str = "all"
 ) -> dict[str, Any]:

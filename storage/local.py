@@ -12,6 +12,18 @@ without Prefect, and "is this stage done?" must have one answer whoever asks.
   exists complete or not at all.
 - An exclusive lock per key means two runs of the same stage never write the same
   artifact at once; the second finds the first's result.
+- Nothing is reused unverified (`LocalStore.check`): an artifact counts as present only
+  if every file its manifest lists is there, no unlisted file was added, and every
+  file's content matches its sha256. Re-hashing everything on each warm run would cost
+  minutes on a multi-GB artifact, so, as git's index does, the store records each
+  file's (size, mtime_ns, ctime_ns, inode) after verifying it (``.verified.json``, not
+  part of the artifact) and re-hashes only files whose stat changed. Writing a file
+  changes its ctime, which no user-space call can set back, so a same-size corruption
+  is always re-hashed; a copied store (new inodes) is re-hashed once. A corrupt artifact
+  is moved aside to ``<stage>/.corrupt-<key>-<time>/`` for inspection and rebuilt.
+- The manifest separates content (``files``, hashed together as ``content_sha256``) from
+  run logs (``logs``: timings, host paths, metrics), so two builds of one key with the
+  same content have the same ``content_sha256`` however long they took.
 - An object store (`storage.remote.RemoteStore`) keeps one of these as its local build
   and read cache. Open either through `storage.store.open_store`.
 """
@@ -22,10 +34,13 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -34,16 +49,18 @@ from pathlib import Path
 from typing import Any
 
 from kiln import __version__
-from kiln.config import canonical_dict
+from kiln.config import canonical_dict, canonical_json
 from kiln.errors import KilnError
 from storage.atomic import atomic_write_text, disk_error
 from storage.ref import ArtifactRef, artifact_key
 
 MANIFEST = "manifest.json"
 UNITS_DIR = ".units"
-BUILD_ID_FILE = ".build-id"
+STAT_CACHE = ".verified.json"
 DEFAULT_ROOT = "kiln-artifacts"
 RUNS_LOG = "runs.jsonl"
+CORRUPT_PREFIX = ".corrupt-"
+log = logging.getLogger("kiln.store")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -53,6 +70,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def manifest_files(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every file an artifact holds, content and run logs: ``{relative path: {size, sha256}}``."""
+    return {**manifest["files"], **manifest.get("logs", {})}
+
+
+def content_sha256(files: dict[str, dict[str, Any]]) -> str:
+    """One hash of an artifact's content files (paths and their sha256): equal for equal content."""
+    return hashlib.sha256(canonical_json({rel: meta["sha256"] for rel, meta in files.items()}).encode()).hexdigest()
+
+
+def _stat_signature(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _local_path(root: str | os.PathLike) -> Path:
@@ -81,6 +112,12 @@ class Build:
     key: str
     counts: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    run_logs: list[str] = field(default_factory=list)
+    """Glob patterns (relative to `dir`) of files that record how the build ran (timings, host paths,
+    metrics), not what it made: listed under the manifest's ``logs``, outside ``content_sha256``."""
+
+    def is_run_log(self, rel: str) -> bool:
+        return any(fnmatch.fnmatchcase(rel, pattern) for pattern in self.run_logs)
 
     def unit_done(self, name: str) -> bool:
         """Whether unit `name` finished in this or an earlier (killed) attempt."""
@@ -118,17 +155,9 @@ class LocalStore:
 
     # -- queries -------------------------------------------------------------
     def get(self, stage: str, key: str) -> ArtifactRef | None:
-        """The artifact if it exists complete (manifest present and its files of the right size)."""
+        """The artifact if it exists complete and verified (see `check`); None if it must be (re)built."""
         ref = self.ref(stage, key)
-        try:
-            manifest = self.manifest(ref)
-        except KilnError:
-            return None
-        for rel, meta in manifest["files"].items():
-            f = ref.path / rel
-            if not f.is_file() or f.stat().st_size != meta["size"]:
-                return None
-        return ref
+        return ref if (ref.path / MANIFEST).is_file() and self.check(ref) is None else None
 
     def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
         """The artifact's manifest; KilnError if it is missing or unreadable."""
@@ -140,35 +169,59 @@ class LocalStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise KilnError(f"{path}: unreadable manifest ({exc}); delete {ref.path} to rebuild it") from None
 
-    def verify(self, ref: ArtifactRef) -> None:
-        """Recompute every file's sha256 against the manifest; KilnError naming the first mismatch."""
-        for rel, meta in self.manifest(ref)["files"].items():
-            f = ref.path / rel
-            if not f.is_file() or sha256_file(f) != meta["sha256"]:
-                raise KilnError(f"{f}: content does not match its manifest; delete {ref.path} to rebuild it")
+    def check(self, ref: ArtifactRef, *, rehash: bool = False) -> str | None:
+        """Why the artifact cannot be used (missing, unlisted or changed file, bad manifest), or None.
 
-    def cache_token(self, stage: str, key: str) -> str:
-        """Identifies one build of this key; Prefect's cache key is built from it.
-
-        It changes when the artifact is deleted and rebuilt, so Prefect never reports
-        Cached for an artifact that no longer exists. A killed build keeps its token,
-        so its retry is the same logical build, resumed.
+        A file whose stat matches the one recorded when it was last verified is not re-hashed,
+        unless `rehash`; every other file is, and the new stats are recorded.
         """
-        ref = self.get(stage, key)
-        if ref is not None:
-            return str(self.manifest(ref).get("build_id", "none"))
-        return self.partial_token(stage, key)
+        try:
+            files = manifest_files(self.manifest(ref))
+        except (KilnError, KeyError, TypeError, AttributeError) as exc:
+            return f"{ref.path / MANIFEST}: unreadable manifest ({exc})"
+        seen = self._stat_cache(ref)
+        verified: dict[str, list[int]] = {}
+        for rel, meta in files.items():
+            f = ref.path / rel
+            try:
+                st = f.stat()
+            except OSError:
+                return f"{f}: listed in the manifest but missing"
+            if not stat.S_ISREG(st.st_mode) or st.st_size != meta["size"]:
+                return f"{f}: size {st.st_size} bytes, the manifest says {meta['size']}"
+            signature = _stat_signature(st)
+            if (rehash or seen.get(rel) != signature) and sha256_file(f) != meta["sha256"]:
+                return f"{f}: content does not match its sha256 in the manifest"
+            verified[rel] = signature
+        unlisted = sorted({str(p.relative_to(ref.path)) for p in ref.path.rglob("*") if p.is_file()}
+                          - set(files) - {MANIFEST, STAT_CACHE})
+        if unlisted:
+            return f"{ref.path / unlisted[0]}: not listed in the manifest (added after the build)"
+        if verified != seen:
+            with contextlib.suppress(OSError):  # a read-only store is verified again next time
+                atomic_write_text(ref.path / STAT_CACHE, json.dumps(verified))
+        return None
 
-    def partial_token(self, stage: str, key: str) -> str:
-        """The build token of the (possibly killed) partial build of `key`, created on first use."""
-        partial = self.partial_dir(stage, key)
-        token_file = partial / BUILD_ID_FILE
-        if token_file.exists():
-            return token_file.read_text().strip()
-        token = uuid.uuid4().hex[:12]
-        partial.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(token_file, token)
-        return token
+    def _stat_cache(self, ref: ArtifactRef) -> dict[str, Any]:
+        try:
+            cache = json.loads((ref.path / STAT_CACHE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return cache if isinstance(cache, dict) else {}
+
+    def verify(self, ref: ArtifactRef) -> None:
+        """Re-hash every file against the manifest, whatever the recorded stats; KilnError naming the problem."""
+        problem = self.check(ref, rehash=True)
+        if problem is not None:
+            raise KilnError(f"{problem}; rerun its stage to rebuild {ref} (the damaged copy is moved aside)")
+
+    def set_aside(self, ref: ArtifactRef, problem: str) -> Path:
+        """Move a damaged artifact out of the way (kept for inspection until gc) so its stage rebuilds it."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        aside = ref.path.with_name(f"{CORRUPT_PREFIX}{ref.key}-{stamp}")
+        os.rename(ref.path, aside)
+        log.warning("%s: %s; moved it to %s and rebuilding it", ref, problem, aside)
+        return aside
 
     def list(self) -> list[dict[str, Any]]:
         """Manifests of every complete artifact, oldest first."""
@@ -216,6 +269,9 @@ class LocalStore:
         with self.lock(stage, key):
             if (ref := self.get(stage, key)) is not None:  # another run finished it meanwhile
                 return ref
+            final = self.ref(stage, key)
+            if final.path.exists() and (problem := self.check(final)) is not None:
+                self.set_aside(final, problem)
             partial = self.partial_dir(stage, key)
             try:
                 partial.mkdir(parents=True, exist_ok=True)
@@ -234,19 +290,19 @@ class LocalStore:
         self, build: Build, code_version: str, config: Any, inputs: Sequence[ArtifactRef], elapsed: float
     ) -> None:
         shutil.rmtree(build.dir / UNITS_DIR, ignore_errors=True)
-        token_file = build.dir / BUILD_ID_FILE
-        build_id = token_file.read_text().strip() if token_file.exists() else uuid.uuid4().hex[:12]
-        token_file.unlink(missing_ok=True)
-        files = {
-            str(p.relative_to(build.dir)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(build.dir.rglob("*"))
-            if p.is_file() and p != build.dir / MANIFEST
-        }
+        files: dict[str, dict[str, Any]] = {}
+        logs: dict[str, dict[str, Any]] = {}
+        for p in sorted(build.dir.rglob("*")):
+            rel = str(p.relative_to(build.dir))
+            if p.is_file() and rel not in (MANIFEST, STAT_CACHE):
+                (logs if build.is_run_log(rel) else files)[rel] = {"size": p.stat().st_size,
+                                                                   "sha256": sha256_file(p)}
         manifest = {
             "stage": build.stage,
             "key": build.key,
             "code_version": code_version,
-            "build_id": build_id,
+            "build_id": uuid.uuid4().hex[:12],
+            "content_sha256": content_sha256(files),
             "kiln_version": __version__,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "elapsed_s": round(elapsed, 3),
@@ -254,6 +310,7 @@ class LocalStore:
             "inputs": [{"stage": r.stage, "key": r.key} for r in inputs],
             "counts": build.counts,
             "files": files,
+            "logs": logs,
             **build.extra,
         }
         atomic_write_text(build.dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -261,6 +318,9 @@ class LocalStore:
         if final.exists():  # a stale incomplete directory (manifest lost): replace it
             shutil.rmtree(final)
         os.rename(build.dir, final)
+        # Just hashed: record the stats so the next run's check need not hash again.
+        signatures = {rel: _stat_signature((final / rel).stat()) for rel in {**files, **logs}}
+        atomic_write_text(final / STAT_CACHE, json.dumps(signatures))
 
     # -- run log and garbage collection -----------------------------------------
     def record_run(self, label: str, refs: dict[str, ArtifactRef]) -> None:

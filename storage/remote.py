@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from kiln.errors import KilnError
 from storage.atomic import atomic_write_bytes, disk_error
-from storage.local import MANIFEST, Build, LocalStore, sha256_file
+from storage.local import MANIFEST, Build, LocalStore, manifest_files, sha256_file
 from storage.ref import ArtifactRef, artifact_key, register_remote_root
 
 CACHE_ENV = "KILN_CACHE_DIR"
@@ -188,7 +188,7 @@ class RemoteStore:
                 listing = {}
         strip = self.fs._strip_protocol(prefix).rstrip("/") + "/"
         sizes = {path.removeprefix(strip): info.get("size") for path, info in listing.items()}
-        if any(sizes.get(rel) != meta["size"] for rel, meta in manifest["files"].items()):
+        if any(sizes.get(rel) != meta["size"] for rel, meta in manifest_files(manifest).items()):
             return None
         return self.ref(stage, key)
 
@@ -209,18 +209,6 @@ class RemoteStore:
             shutil.rmtree(local.path)  # a stale copy of an older build of the same key
             _MATERIALIZED.pop(ref.uri, None)
         self.mirror.verify(self.mirror.ref(ref.stage, self.materialize(ref.stage, ref.key).name))
-
-    def cache_token(self, stage: str, key: str) -> str:
-        # The uploaded build's id if there is one, else the local build's (complete but not yet
-        # uploaded, or partial): the same token before and after the upload, so Prefect's
-        # cache entry stays valid.
-        found = self._remote_manifest(stage, key)
-        if found is not None:
-            return str(found[0].get("build_id", "none"))
-        local = self.mirror.get(stage, key)
-        if local is not None:
-            return str(self.mirror.manifest(local).get("build_id", "none"))
-        return self.mirror.partial_token(stage, key)
 
     def list(self) -> list[dict[str, Any]]:
         with self._errors("listing artifacts", missing="bucket or path not found"):
@@ -271,11 +259,12 @@ class RemoteStore:
         manifest = json.loads(raw)
         prefix = self._data_prefix(stage, key, manifest)
         with self._errors(f"uploading {stage}/{key}", missing="bucket not found"):
-            for rel in manifest["files"]:
+            for rel in manifest_files(manifest):
                 self.fs.put_file(str(local / rel), f"{prefix}/{rel}")
             self.fs.pipe_file(self._rpath(stage, key, MANIFEST), raw)  # last: now the artifact exists
-        size = sum(meta["size"] for meta in manifest["files"].values())
-        log.info("uploaded %s/%s (%d files, %.1f MB) to %s", stage, key, len(manifest["files"]), size / 1e6, self.url)
+        files = manifest_files(manifest)
+        size = sum(meta["size"] for meta in files.values())
+        log.info("uploaded %s/%s (%d files, %.1f MB) to %s", stage, key, len(files), size / 1e6, self.url)
 
     def _materialize_ref(self, ref: ArtifactRef) -> Path:
         """`ArtifactRef.path` for this store's refs: memoized, as it is read in loops."""
@@ -306,7 +295,7 @@ class RemoteStore:
         prefix = self._data_prefix(stage, key, manifest)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            for rel, meta in manifest["files"].items():
+            for rel, meta in manifest_files(manifest).items():
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with self._errors(f"downloading {stage}/{key}/{rel}", missing="file listed in the manifest is gone"):

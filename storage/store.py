@@ -19,13 +19,24 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from storage.local import BUILD_ID_FILE, DEFAULT_ROOT, MANIFEST, RUNS_LOG, UNITS_DIR, Build, LocalStore, sha256_file
+from storage.local import (
+    DEFAULT_ROOT,
+    MANIFEST,
+    RUNS_LOG,
+    UNITS_DIR,
+    Build,
+    LocalStore,
+    content_sha256,
+    manifest_files,
+    sha256_file,
+)
 from storage.ref import ArtifactRef, artifact_key, is_remote_url
 from storage.remote import RemoteStore
 
 __all__ = [
-    "BUILD_ID_FILE", "DEFAULT_ROOT", "MANIFEST", "RUNS_LOG", "UNITS_DIR", "ArtifactRef", "ArtifactStore", "Build",
-    "LocalStore", "RemoteStore", "artifact_key", "default_location", "is_remote_url", "open_store", "sha256_file",
+    "DEFAULT_ROOT", "MANIFEST", "RUNS_LOG", "UNITS_DIR", "ArtifactRef", "ArtifactStore", "Build", "content_sha256",
+    "manifest_files", "LocalStore", "RemoteStore", "artifact_key", "default_location", "is_remote_url", "open_store",
+    "sha256_file",
 ]
 
 
@@ -48,7 +59,6 @@ class ArtifactStore(Protocol):
     def get(self, stage: str, key: str) -> ArtifactRef | None: ...
     def manifest(self, ref: ArtifactRef) -> dict[str, Any]: ...
     def verify(self, ref: ArtifactRef) -> None: ...
-    def cache_token(self, stage: str, key: str) -> str: ...
     def list(self) -> list[dict[str, Any]]: ...
     def produce(self, stage: str, code_version: str, config: Any, inputs: Sequence[ArtifactRef],
                 work: Callable[[Build], None]) -> ArtifactRef: ...

@@ -12,16 +12,19 @@ One method, `Stage.key_material`, turns (config, input refs) into what the artif
 key hashes; the store call, the Prefect cache policy and `kiln plan` all go through
 it, so the UI can never show Cached for an artifact the store would build differently.
 
-The Prefect cache key is ``kiln-<stage>-<artifact key>-<build token>``
-(`ArtifactStore.cache_token`), computed from canonical data only — upstream keys as
-strings, configs as sorted JSON — because results read back from Prefect's cache are
-unpickled and their `repr` or class identity may differ from the originals. So:
+Whether a stage has work to do is decided by the store alone, never by Prefect's
+result cache: before running, the task looks its artifact key up in the store it was
+given (`ArtifactStore.get`, which verifies the files), and if the artifact is there
+it ends as Cached without calling the stage. So:
 
 - a finished stage shows as Cached in the UI and does no work;
 - changing a stage's config changes its key and its downstream keys, and only those rerun;
-- an artifact deleted from the store gets a new build token, so Prefect's stale
-  Cached record is never used for it;
-- a killed build keeps its token, so the retry is the same build and resumes.
+- the answer is about the store the run points at: a copied or moved store is judged by
+  its own files, not by a record of where an artifact used to be;
+- a damaged or deleted artifact is rebuilt (the store moves a damaged one aside);
+- a killed build resumes from its partial directory, whatever Prefect recorded;
+- Prefect persists no results: nothing is ever unpickled from ``$PREFECT_HOME``,
+  and results are only artifact references, re-checked against the store on every run.
 
 Prefect is imported only when a task is first called or inspected, so the config
 loader, the DAG and `kiln plan` run without it.
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.errors import KilnError
-from storage.store import MANIFEST, ArtifactRef, ArtifactStore, Build, artifact_key, open_store
+from storage.store import MANIFEST, ArtifactRef, ArtifactStore, Build, artifact_key, manifest_files, open_store
 
 # Every task wrapper takes the stage's inputs (in declaration order), then these two.
 TASK_PARAMS = ("cfg", "store_root")
@@ -94,12 +97,10 @@ class Stage:
         config, inputs = self.key_material(cfg, refs)
         return store.produce(self.name, self.code_version, config, inputs, work)
 
-    def cache_key(self, params: Mapping[str, Any]) -> str:
-        """Prefect's cache key from the task's parameters: ``kiln-<stage>-<artifact key>-<build token>``."""
+    def find(self, params: Mapping[str, Any]) -> ArtifactRef | None:
+        """The finished, verified artifact that a task call with `params` would return, if the store has it."""
         refs = {name: None if params.get(name) is None else _as_ref(params[name]) for name in self.inputs}
-        key = self.key(params["cfg"], refs)
-        token = open_store(params["store_root"]).cache_token(self.name, key)
-        return f"kiln-{self.name}-{key}-{token}"
+        return open_store(params["store_root"]).get(self.name, self.key(params["cfg"], refs))
 
     def task(self, fn: Callable[..., ArtifactRef]) -> StageTask:
         """Decorator: `fn` (the stage's inputs, then ``cfg, store_root``) as this stage's Prefect task."""
@@ -120,19 +121,37 @@ class StageTask:
 
     @functools.cached_property
     def prefect_task(self) -> Any:
-        """The `prefect.Task`: cached by artifact key, results persisted (caching needs them), retried as declared."""
+        """The `prefect.Task`: Cached when the store holds the artifact, no persisted results, retried as declared."""
         from prefect import task
-        from prefect.cache_policies import CacheKeyFnPolicy
+        from prefect.cache_policies import NO_CACHE
 
         stage = self.stage
+
+        @functools.wraps(self.fn)  # Prefect reads the stage function's parameters through __wrapped__
+        def body(*args: Any, **kwargs: Any) -> Any:
+            return self.run_unless_stored(*args, **kwargs)
+
         return task(
-            self.fn,
+            body,
             name=stage.name,
-            cache_policy=CacheKeyFnPolicy(cache_key_fn=_CacheKeyFn(stage)),
-            persist_result=True,
+            cache_policy=NO_CACHE,
+            persist_result=False,
             retries=stage.retries,
             retry_delay_seconds=5 if stage.retries else 0,
         )
+
+    def run_unless_stored(self, *args: Any, **kwargs: Any) -> Any:
+        """The task body: a Cached state holding the stored artifact's ref, else the stage's result."""
+        ref = self.stage.find(self.signature.bind(*args, **kwargs).arguments)
+        if ref is None:
+            return self.fn(*args, **kwargs)
+        from prefect.states import Completed
+
+        return Completed(name="Cached", data=ref, message=f"{ref} is in the store (verified); nothing to do")
+
+    @functools.cached_property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.prefect_task(*args, **kwargs)
@@ -143,18 +162,8 @@ class StageTask:
         return getattr(self.prefect_task, name)
 
 
-@dataclass(frozen=True)
-class _CacheKeyFn:
-    """Prefect's ``cache_key_fn(task_ctx, parameters)`` for a stage (a picklable callable, unlike a lambda)."""
-
-    stage: Stage
-
-    def __call__(self, task_ctx: Any, params: dict[str, Any]) -> str:
-        return self.stage.cache_key(params)
-
-
 def _as_ref(value: Any) -> ArtifactRef:
-    """Rebuild a ref from its fields, whatever class object unpickling produced."""
+    """A ref from its fields (a deployment's parameters arrive as plain JSON)."""
     return ArtifactRef(stage=str(value.stage), key=str(value.key), uri=str(value.uri))
 
 
@@ -167,6 +176,6 @@ def reported(ref: ArtifactRef) -> ArtifactRef:
 
     manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
     publish_stage_report(ref.stage, ref, manifest)
-    if "loss.png" in manifest.get("files", {}):
+    if "loss.png" in manifest_files(manifest):
         publish_image(ref.stage, ref.path / "loss.png")
     return ref

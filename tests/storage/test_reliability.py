@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from kiln.errors import KilnError
+from storage.local import STAT_CACHE
 from storage.store import MANIFEST, ArtifactStore, Build, artifact_key, open_store
 from tasks.download import DownloadConfig, SourceSpec, download
 from tests.conftest import BGWIKI_SAMPLE, ENWIKI_SAMPLE, REPO_ROOT, gensim_file
@@ -98,9 +99,10 @@ def marked(marks: Path) -> list[str]:
 
 
 def data_digests(artifact: Path) -> dict[str, str]:
-    """sha256 of every file but the manifest (which records times and the build id)."""
+    """sha256 of every file but the manifest (which records times and the build id) and the store's
+    record of verified file stats."""
     return {str(p.relative_to(artifact)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(artifact.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(artifact.rglob("*")) if p.is_file() and p.name not in (MANIFEST, STAT_CACHE)}
 
 
 def marked_for(reference: dict[str, Path], stage: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Stage declarations: the Prefect cache key and the store's artifact key come from one place and agree."""
+"""Stage declarations: what the Prefect task looks up in the store and what the stage builds come from one place."""
 
 from __future__ import annotations
 
@@ -32,13 +32,11 @@ def check_policy_matches_store(step: str, inputs: dict[str, ArtifactRef | None],
     task = STEPS[step].task
     cfg = section(CFG, step)
     params = {**inputs, "cfg": cfg, "store_root": str(store.root)}
-    policy_key = task.cache_policy.compute_key(None, params, {})  # the real Prefect policy object
+    assert task.stage.find(params) is None  # what the task checks before running: nothing yet
     ref = task.stage.produce(store, cfg, inputs, write_something)  # the stage function's store call
-    build_id = store.manifest(ref)["build_id"]
-    assert policy_key == f"kiln-{task.stage.name}-{ref.key}-{build_id}"
     assert task.stage.key(cfg, inputs) == ref.key
-    # Once built, the policy names the finished build (what makes the UI show Cached).
-    assert task.cache_policy.compute_key(None, params, {}) == policy_key
+    # Once built, the task finds exactly that artifact (what makes the UI show Cached).
+    assert task.stage.find(params) == ref
 
 
 @pytest.mark.parametrize("step", list(STEPS))
@@ -68,14 +66,14 @@ def test_real_download_keys_like_its_task_including_the_file_fingerprint(tmp_pat
                                [f'download.sources=[{{name="data.jsonl", url="{source}"}}]']).download
     store = open_store(tmp_path / "store")
     params = {"cfg": cfg, "store_root": str(store.root)}
-    before = download_task.cache_policy.compute_key(None, params, {})
+    assert download_task.stage.find(params) is None
     ref = download(cfg, store)
-    assert before == f"kiln-download-{ref.key}-{store.manifest(ref)['build_id']}"
+    assert download_task.stage.find(params) == ref
     assert json.loads((ref.path / "manifest.json").read_text())["config"]["sources"][0]["fingerprint"].startswith(
         "sha256:")
     source.write_text('{"text": "b"}\n')  # same config, new content: a new key for both
     assert DOWNLOAD.key(cfg, {}) != ref.key
-    assert ref.key not in download_task.cache_policy.compute_key(None, params, {})
+    assert download_task.stage.find(params) is None
 
 
 def test_task_parameters_must_follow_the_declaration() -> None:
