@@ -13,7 +13,12 @@ failure into a `KilnError` carrying the trainer's last lines, and reads the type
 
 The build directory survives a failure, so a rerun of the stage relaunches the
 trainer in the same directory and it resumes from its newest valid checkpoint.
-After success only the newest `launch.keep_checkpoints` checkpoints are kept.
+After success only the newest `launch.keep_checkpoints` checkpoints are kept (by step:
+the same ones whether or not the run was killed and resumed on the way).
+
+`record_training` marks the run's logs (`RUN_LOGS`: the trainer's metrics, summary and
+wall clocks, train.log, the config with host paths) for the artifact manifest, so its
+``content_sha256`` is the same for every run of one config, killed and resumed or not.
 
 Launcher: with ``nproc_per_node = 1`` and ``launcher = "auto"`` the trainer starts as
 plain ``python -m``. torchrun's agent imports torch once more and runs a rendezvous
@@ -42,11 +47,16 @@ from storage.atomic import atomic_write_text
 from storage.store import Build
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
 from trainer.config import LaunchSection
+from trainer.loop import RUN_LOGS as TRAINER_RUN_LOGS
 from trainer.summary import TrainSummary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 15
 CONFIG_FILE = "train_config.json"
+TRAIN_LOG = "train.log"
+RUN_LOGS = (*TRAINER_RUN_LOGS, TRAIN_LOG)
+"""Run logs of every training artifact: the trainer's (`trainer.loop.RUN_LOGS`, with train_config.json:
+host paths; the manifest's ``config`` and the checkpoints' config.json hold the settings) and train.log."""
 log = logging.getLogger("kiln.train")
 
 
@@ -64,14 +74,15 @@ def launch_trainer(module: str, train_cfg: Any, launch: LaunchSection, run_dir: 
     config_path = run_dir / CONFIG_FILE
     atomic_write_text(config_path, json.dumps(to_dict(train_cfg), indent=2))
     resumed = bool(list_checkpoints(run_dir))
-    run_trainer(launch_command(module, launch, config_path), run_dir / "train.log")
+    run_trainer(launch_command(module, launch, config_path), run_dir / TRAIN_LOG)
     summary = TrainSummary.read(run_dir)
     keep_newest_checkpoints(run_dir, launch.keep_checkpoints)
     return TrainerRun(summary, resumed)
 
 
 def record_training(build: Build, run: TrainerRun) -> None:
-    """The headline numbers in the artifact manifest, the same fields for every training stage."""
+    """The headline numbers in the artifact manifest and its run logs, the same for every training stage."""
+    build.run_logs.extend([p for p in RUN_LOGS if p not in build.run_logs])
     done = run.summary
     build.counts.update({"steps": done.steps, "tokens_seen": done.tokens_seen, "final_loss": done.final_loss,
                          "val_loss": done.val_loss, "params": done.params, "trainable_params": done.trainable_params})

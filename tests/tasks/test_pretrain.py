@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,68 @@ def test_killed_run_resumes_from_its_checkpoint(inputs, trained, tmp_path, monke
         return [m["loss"] for m in map(json.loads, lines) if m["kind"] == "train"]
 
     assert losses(ref) == losses(trained[1])
+    assert logs_and_content(store, ref)[::2] == logs_and_content(*trained)[::2]  # files and content_sha256
+
+
+def logs_and_content(store: ArtifactStore, ref: ArtifactRef) -> tuple[dict[str, str], dict[str, str], str]:
+    manifest = store.manifest(ref)
+    digest = {rel: meta["sha256"] for rel, meta in manifest["files"].items()}
+    return digest, {rel: meta["sha256"] for rel, meta in manifest["logs"].items()}, manifest["content_sha256"]
+
+
+def test_two_stores_build_the_same_content_with_their_own_logs(inputs, trained, tmp_path) -> None:
+    store = open_store(tmp_path)
+    ref = pretrain(*inputs, tiny_config(), store)
+    files, logs, content = logs_and_content(store, ref)
+    their_files, their_logs, their_content = logs_and_content(*trained)
+    assert {"final/model.safetensors", "final/config.json", "checkpoints/step-00000008/model.pt",
+            "checkpoints/step-00000008/optimizer.pt", "checkpoints/step-00000008/rng-rank00000.pt",
+            "checkpoints/step-00000008/trainer_state.json", "checkpoints/step-00000008/config.json"} <= set(files)
+    assert files == their_files and content == their_content
+    assert {"metrics.jsonl", "train.log", "DONE.json", "loss.png", "train_config.json",
+            "checkpoints/step-00000008/run.json"} == set(logs) == set(their_logs)
+    assert logs["train_config.json"] != their_logs["train_config.json"]  # another store: other host paths
+    assert logs["metrics.jsonl"] != their_logs["metrics.jsonl"]  # other wall-clock timings
+
+
+# Runs a trainer module, SIGKILLing itself (kill -9: no cleanup, nothing flushed) while it writes the
+# checkpoint of step $KILL_AT_STEP: its model, optimizer and RNG files are written, its manifest is not.
+KILL_DURING_CHECKPOINT = textwrap.dedent("""
+    import os, runpy, signal, sys
+    import trainer.checkpoint as ckpt
+
+    real_write_manifest = ckpt._write_manifest
+
+    def write_manifest(directory, step, val_loss):
+        if step == int(os.environ["KILL_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write_manifest(directory, step, val_loss)
+
+    ckpt._write_manifest = write_manifest
+    module, sys.argv = sys.argv[1], sys.argv[1:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+""")
+
+
+def test_kill_9_mid_training_then_resume_builds_the_same_content(inputs, trained, tmp_path, monkeypatch) -> None:
+    store, cfg = open_store(tmp_path), tiny_config()
+    real_command = launcher.launch_command
+
+    def killed_command(module: str, launch: LaunchSection, config_path: Path) -> list[str]:
+        python, _, *rest = real_command(module, launch, config_path)  # [python, -m, module, --config, path]
+        return [python, "-c", KILL_DURING_CHECKPOINT, *rest]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(launcher, "launch_command", killed_command)
+        mp.setenv("KILL_AT_STEP", "8")  # the last checkpoint; step 4's is complete
+        with pytest.raises(KilnError, match="trainer exited with code -9"):
+            pretrain(*inputs, cfg, store)
+    key = stage.PRETRAIN.key(cfg, dict(zip(stage.PRETRAIN.inputs, inputs, strict=True)))
+    partial = store.partial_dir(stage.STAGE, key)
+    assert (partial / "checkpoints" / ".tmp-step-00000008" / "model.pt").is_file()  # died mid-save
+    ref = pretrain(*inputs, cfg, store)
+    assert "resumed from" in (ref.path / "train.log").read_text()
+    assert logs_and_content(store, ref)[::2] == logs_and_content(*trained)[::2]  # files and content_sha256
 
 
 def test_config_rejects_paths_and_vocab(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.trainer.conftest import content_digests, fresh_process_rngs, train_args, train_losses
-from trainer.checkpoint import list_checkpoints, load_final
+from trainer import loop
+from trainer.checkpoint import checkpoint_path, list_checkpoints, load_final, prune_checkpoints, step_of
 from trainer.metrics import read_metrics
 from trainer.pretrain import EXIT_STOPPED, STOP_ENV, main
 
@@ -77,6 +78,27 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(pattern_data, s
     assert "resumed from" in caplog.text and "step-00000010" in caplog.text
     assert (tmp_path / "checkpoints" / "corrupt-step-00000015").is_dir()  # kept aside, never loaded
     assert train_losses(tmp_path) == train_losses(straight_run)
+
+
+class Crash(Exception):
+    """The process dies here."""
+
+
+def test_crash_between_the_last_save_and_its_pruning_keeps_the_same_checkpoints(pattern_data, straight_run,
+                                                                                tmp_path, monkeypatch):
+    def prune_or_crash(out_dir, keep_last, keep_best):
+        if checkpoint_path(out_dir, 20).is_dir():
+            raise Crash("after the final checkpoint, before pruning")
+        return prune_checkpoints(out_dir, keep_last, keep_best)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(loop, "prune_checkpoints", prune_or_crash)
+        with pytest.raises(Crash):
+            main(train_args(pattern_data, tmp_path))
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [10, 15, 20]
+    assert main(train_args(pattern_data, tmp_path)) == 0  # resumes from the final checkpoint: nothing to train
+    assert [step_of(p) for p in list_checkpoints(tmp_path)] == [15, 20]
+    assert content_digests(tmp_path) == content_digests(straight_run)
 
 
 def test_outputs_metrics_png_export_and_done(straight_run):
