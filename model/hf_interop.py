@@ -33,11 +33,13 @@ from torch import Tensor, nn
 from kiln.errors import KilnError
 from model.config import ModelConfig
 from model.hf_tokenizer import save_hf_tokenizer
+from model.integrity import CHECKSUMS, verify_checksums, write_checksums
 from model.llama import LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_LOW_FREQ_FACTOR, Llama
 from model.tokenizer import Tokenizer
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+KILN_CONFIG = "kiln_model_config.json"  # Kiln's own config beside an export's HF config.json
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -203,7 +205,8 @@ def export_hf(model_or_state: nn.Module | dict[str, Tensor], cfg: ModelConfig, o
     generation = {"bos_token_id": ids.get("bos_id"), "eos_token_id": ids.get("stop_ids") or ids.get("eos_id"),
                   "pad_token_id": ids.get("pad_id")}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    (out / "kiln_model_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    (out / KILN_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    write_checksums(out, [p.name for p in out.iterdir() if p.is_file() and p.name != CHECKSUMS])
     return out
 
 
@@ -239,15 +242,19 @@ def load_hf_state_dict(hf_dir: str | Path) -> dict[str, Tensor]:
 
 def load_weights(model_dir: str | Path) -> tuple[dict[str, Tensor], ModelConfig]:
     """Full CPU state dict (Kiln names) and config of a model directory in either layout: Kiln's
-    (``config.json`` = ModelConfig, ``model.safetensors`` or ``model.pt``) or Hugging Face's."""
+    (``config.json`` = ModelConfig, ``model.safetensors`` or ``model.pt``) or Hugging Face's.
+
+    Every file is first checked against the directory's ``checksums.json`` (`model.integrity`)."""
     d = Path(model_dir)
     config_path = d / "config.json"
     if not config_path.is_file():
         raise KilnError(f"{config_path}: not found; point at a model directory")
     raw = json.loads(config_path.read_text())
-    if "model_type" in raw:
+    if "model_type" in raw:  # Hugging Face layout: Kiln's exports carry checksums, other checkpoints may not
+        verify_checksums(d, required=(d / KILN_CONFIG).is_file())
         cfg = model_config_from_hf(raw)
         return from_hf_state_dict(load_hf_state_dict(d), cfg), cfg
+    verify_checksums(d, required=True)
     cfg = ModelConfig(**raw)
     if (d / WEIGHTS).is_file():
         return load_file(str(d / WEIGHTS)), cfg

@@ -29,7 +29,7 @@ class DPOStageConfig(SFTStageConfig):
         return DPOConfig(**self.sections(base_dir, data_dir, out_dir), dpo=self.dpo)
 
 
-DPO = Stage(STAGE, "1", DPOStageConfig, inputs=("base", "data"))
+DPO = Stage(STAGE, "2", DPOStageConfig, inputs=("base", "data"))
 
 
 def dpo(base: ArtifactRef, data: ArtifactRef, cfg: DPOStageConfig, store: ArtifactStore) -> ArtifactRef:

@@ -40,7 +40,7 @@ class ExportConfig:
     """Also write the tokenizer files (tokenizer.model, tokenizer.json, tokenizer_config.json)."""
 
 
-EXPORT = Stage(STAGE, "1", ExportConfig, inputs=("model",))
+EXPORT = Stage(STAGE, "2", ExportConfig, inputs=("model",))
 
 
 def export(model: ArtifactRef, cfg: ExportConfig, store: ArtifactStore) -> ArtifactRef:

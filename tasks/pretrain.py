@@ -76,7 +76,7 @@ class PretrainConfig:
         return cfg.with_vocab_size(vocab_size) if vocab_size is not None else cfg
 
 
-PRETRAIN = Stage(STAGE, "1", PretrainConfig, inputs=("tokens", "tokenizer"))
+PRETRAIN = Stage(STAGE, "2", PretrainConfig, inputs=("tokens", "tokenizer"))
 
 
 def pretrain(tokens: ArtifactRef, tokenizer: ArtifactRef, cfg: PretrainConfig, store: ArtifactStore) -> ArtifactRef:

@@ -68,7 +68,7 @@ class SFTStageConfig:
                 "run": dataclasses.replace(self.run, out_dir=out_dir)}
 
 
-SFT = Stage(STAGE, "1", SFTStageConfig, inputs=("base", "data"))
+SFT = Stage(STAGE, "2", SFTStageConfig, inputs=("base", "data"))
 
 
 def sft(base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig, store: ArtifactStore) -> ArtifactRef:

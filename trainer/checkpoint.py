@@ -46,6 +46,7 @@ from torch import nn
 from kiln.config import to_dict
 from model import Llama, ModelConfig
 from model.hf_interop import build_llama, load_weights
+from model.integrity import write_checksums
 from storage.atomic import atomic_write_text
 from storage.local import sha256_file
 from trainer.config import split_host_paths
@@ -304,6 +305,7 @@ def export_final(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig, fi
     (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(model_cfg), indent=2))
     if extra:
         (tmp / "export.json").write_text(json.dumps({"dtype": dtype, **extra}, indent=2))
+    write_checksums(tmp, [p.name for p in tmp.iterdir()])  # verified by every load (model.integrity)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -65,7 +65,7 @@ def kiln_run(env: dict[str, str], tmp: Path, *extra: str, until: str = "all") ->
     )
     assert proc.returncode == 0, f"kiln run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     result = json.loads(summary.read_text())
-    result["stdout"] = proc.stdout
+    result["stdout"], result["stderr"] = proc.stdout, proc.stderr
     return result
 
 

@@ -140,3 +140,30 @@ def test_unsupported_configs_are_named():
                               "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}})
     with pytest.raises(KilnError, match="bias"):
         model_config_from_hf({"model_type": "llama", "attention_bias": True})
+
+
+def flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01  # inside the last tensor: the file still parses
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("layout", ["kiln", "hf"])
+def test_a_flipped_byte_in_the_weights_fails_the_load(tmp_path, layout):
+    from model.hf_interop import load_weights
+    from model.integrity import CHECKSUMS
+    from trainer.checkpoint import export_final
+
+    model = random_llama()
+    if layout == "kiln":
+        out = export_final(model.state_dict(), model.cfg, tmp_path / "final")
+    else:
+        out = export_hf(model, model.cfg, tmp_path / "hf")
+    state, _ = load_weights(out)  # intact: verified and loaded
+    assert len(state) == len(model.state_dict())
+    flip_a_byte(out / "model.safetensors")
+    with pytest.raises(KilnError, match=r"model.safetensors: does not match its sha256 in checksums.json"):
+        load_weights(out)
+    (out / CHECKSUMS).unlink()  # a Kiln-written directory without its checksums is not trusted either
+    with pytest.raises(KilnError, match="checksums.json: missing"):
+        load_weights(out)

@@ -85,3 +85,23 @@ def test_bad_requests_are_clear_errors(refs) -> None:
         GenerateConfig(top_p=1.5)
     with pytest.raises(KilnError, match="no exported model"):
         generate(tok_ref, tok_ref, GenerateConfig(), store)
+
+
+def test_kiln_generate_refuses_damaged_weights_in_one_line(refs, tmp_path, capsys) -> None:
+    import shutil
+
+    from cli.main import main
+
+    _, model_ref, tok_ref = refs
+    copy = tmp_path / "pretrain"
+    shutil.copytree(model_ref.path, copy)
+    shutil.copytree(tok_ref.path, tmp_path / "tokenizer")  # found beside the model
+    assert main(["generate", str(copy), "Hello", "--max-new-tokens", "2"]) == 0
+    weights = copy / "final" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x01
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["generate", str(copy), "Hello", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("kiln: error: ") and "model.safetensors: does not match" in err
