@@ -82,6 +82,10 @@ def test_sft_stage_resumes_and_is_self_contained(stages, sft_ref):
     manifest = store.manifest(sft_ref)
     assert manifest["counts"]["steps"] == 24 and manifest["training"]["resumed"] is True
     assert [p.name for p in (sft_ref.path / "checkpoints").iterdir()] == ["step-00000024"]  # keep_checkpoints=1
+    # Timings and host paths are run logs, outside content_sha256; weights and checkpoints are content.
+    assert set(manifest["logs"]) == {"metrics.jsonl", "train.log", "DONE.json", "loss.png", "train_config.json",
+                                     "checkpoints/step-00000024/run.json"}
+    assert {"final/model.safetensors", "checkpoints/step-00000024/rng-rank00000.pt"} <= set(manifest["files"])
     final = sft_ref.path / "final"
     assert {"model.safetensors", "config.json", "tokenizer.model", "tokenizer_meta.json"} <= {
         p.name for p in final.iterdir()}
@@ -102,6 +106,8 @@ def test_dpo_stage_on_the_sft_model(stages, sft_ref):
     train = [m for m in metrics if m["kind"] == "train"]
     assert train[-1]["reward_margin"] > train[0]["reward_margin"] + 0.3
     assert (ref.path / "reference_logps.pt").is_file()
+    manifest = store.manifest(ref)
+    assert "reference_logps.pt" in manifest["files"] and "metrics.jsonl" in manifest["logs"]
     assert json.loads((ref.path / "DONE.json").read_text())["kind"] == "dpo"
 
 
