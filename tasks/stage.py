@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, is_transient
 from storage.store import MANIFEST, ArtifactRef, ArtifactStore, Build, artifact_key, open_store
 
 # Every task wrapper takes the stage's inputs (in declaration order), then these two.
@@ -132,6 +132,7 @@ class StageTask:
             persist_result=True,
             retries=stage.retries,
             retry_delay_seconds=5 if stage.retries else 0,
+            retry_condition_fn=_retry_if_transient,
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -151,6 +152,13 @@ class _CacheKeyFn:
 
     def __call__(self, task_ctx: Any, params: dict[str, Any]) -> str:
         return self.stage.cache_key(params)
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only failures worth it (`kiln.errors.is_transient`), not a
+    missing file or bad data. A plain function: Prefect calls only those (`inspect.isfunction`)."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 def _as_ref(value: Any) -> ArtifactRef:
