@@ -308,6 +308,19 @@ def test_bad_records_skipped_and_counted(store: ArtifactStore, tiny_raw: Artifac
     assert "skipped_bad_json" in (ref.path / "report.md").read_text()
 
 
+def test_wudao_skip_drops_only_the_malformed_record(store: ArtifactStore, tiny_raw: ArtifactRef,
+                                                    tmp_path: Path) -> None:
+    records = [{"id": i, "dataType": "百科", "title": f"t{i}", "content": hanzi_prose(i)} for i in range(12)]
+    parts = [json.dumps(r, ensure_ascii=False) for r in records]
+    parts[4] = parts[4].replace('"content": "', '"content": "\\x', 1)  # an invalid escape: malformed JSON
+    path = tmp_path / "wd.json"
+    path.write_text("[" + ", ".join(parts) + "]", encoding="utf-8")
+    cfg = CleanConfig(inputs=(str(path),), on_error="skip", **KEEP_ALL)
+    ref = clean(tiny_raw, cfg, store)
+    assert [d["id"] for d in docs_of(ref) if d["source"] == "wudao"] == [f"wudao/{i}" for i in range(12) if i != 4]
+    assert store.manifest(ref)["counts"]["skipped_bad_json"] == 1
+
+
 def test_report_files_and_prefect_markdown_artifact(store, enwiki_sample, monkeypatch) -> None:
     published: list[dict[str, Any]] = []
     monkeypatch.setattr(clean_module, "create_markdown_artifact", lambda **kw: published.append(kw))
