@@ -59,6 +59,8 @@ def iter_pages(
             magic = probe.read(3)
     except OSError as err:
         raise KilnError(f"{name}: cannot open dump ({err.strerror or err}): check the path") from err
+    if not magic:
+        return  # an empty file has no pages (the clean stage fails on an input without documents)
     # Sniff the compression instead of trusting the name: downloads get renamed.
     if magic == b"BZh":
         opener, kind = bz2.open, "bz2 stream"

@@ -12,6 +12,7 @@ import json
 import random
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,34 @@ def test_wudao_skip_drops_only_the_malformed_record(store: ArtifactStore, tiny_r
     ref = clean(tiny_raw, cfg, store)
     assert [d["id"] for d in docs_of(ref) if d["source"] == "wudao"] == [f"wudao/{i}" for i in range(12) if i != 4]
     assert store.manifest(ref)["counts"]["skipped_bad_json"] == 1
+
+
+def test_an_input_without_documents_fails_naming_it(store: ArtifactStore, tiny_raw: ArtifactRef,
+                                                    tmp_path: Path) -> None:
+    good = write_pile(tmp_path / "good.jsonl.zst", [pile_record(prose(i)) for i in range(3)])
+    (tmp_path / "empty.json").write_bytes(b"")  # a WuDao file that came down empty
+    write_wudao(tmp_path / "none.json", [])  # a WuDao file with an empty array
+    bad = write_pile(tmp_path / "bad.jsonl.zst", [pile_record("x")] * 2, {0: "{oops", 1: "{oops"})
+    cases = [(tmp_path / "empty.json", "'wudao' yields no documents (the file is empty)"),
+             (tmp_path / "none.json", "'wudao' yields no documents (it holds no documents)"),
+             (bad, "'pile' yields no documents (every record was malformed and skipped (2))")]
+    for path, why in cases:  # among non-empty inputs: the dump in tiny_raw and good.jsonl.zst
+        cfg = CleanConfig(inputs=(str(good), str(path)), on_error="skip", **KEEP_ALL)
+        with pytest.raises(KilnError, match=rf"^{re.escape(f'{path}: source {why}; ')}.*allow_empty_sources") as info:
+            clean(tiny_raw, cfg, store)
+        assert "\n" not in str(info.value)
+        ref = clean(tiny_raw, replace(cfg, allow_empty_sources=True), store)  # resumes the failed build
+        assert sum(d["source"] == "pile" for d in docs_of(ref)) == 3
+    assert not list((store.root / "clean").glob(".partial-*"))
+
+
+def test_an_empty_download_fails_the_clean_stage(store: ArtifactStore, tmp_path: Path) -> None:
+    (tmp_path / "empty.xml.bz2").write_bytes(b"")
+    raw = raw_artifact(store, tmp_path / "empty.xml.bz2", "enwiki-empty.xml.bz2")
+    with pytest.raises(KilnError, match=r"files/enwiki-empty\.xml\.bz2: source 'wiki-en' yields no documents"):
+        clean(raw, CleanConfig(), store)
+    ref = clean(raw, CleanConfig(allow_empty_sources=True), store)
+    assert store.manifest(ref)["counts"]["documents"] == 0
 
 
 def test_report_files_and_prefect_markdown_artifact(store, enwiki_sample, monkeypatch) -> None:
