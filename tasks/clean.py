@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kiln.config import canonical_dict, runtime_field
+from kiln.config import canonical_dict, path_field, runtime_field
 from kiln.errors import KilnError
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
@@ -75,7 +75,7 @@ class CleanConfig:
     """Estimated Jaccard similarity at which two documents are near duplicates."""
     num_perm: int = 128
     """MinHash permutations (signature length)."""
-    inputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = path_field(())
     """Extra inputs read in place: local paths, directories, globs or fsspec URLs (``s3://…/*.jsonl.zst``)."""
     pile_sets: tuple[str, ...] = ()
     """The Pile subsets to keep (``meta.pile_set_name``, e.g. ``"Wikipedia (en)"``); empty keeps all."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from kiln.config import canonical_dict, runtime_field
+from kiln.config import canonical_dict, check_path_text, path_field, runtime_field
 from kiln.errors import KilnError, TransientError, is_transient
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.stage import Stage
@@ -53,9 +53,9 @@ log = logging.getLogger("kiln.download")
 class SourceSpec:
     """One file to fetch."""
 
-    name: str
+    name: str = path_field()
     """File name inside the artifact (e.g. ``enwiki-sample.xml.bz2``); readers pick formats by its suffix."""
-    url: str
+    url: str = path_field()
     """``http(s)://…``, ``file://…``, a local path, or ``pkg://package/path/in/package``."""
     sha256: str = ""
     sha1: str = ""
@@ -63,6 +63,8 @@ class SourceSpec:
     """Expected checksums (hex); any given one is verified. Wikipedia publishes sha1 and md5 sums."""
 
     def __post_init__(self) -> None:
+        check_path_text(self.name, "download source name")
+        check_path_text(self.url, f"download source {self.name!r} url")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise KilnError(f"download source name {self.name!r}: must be a plain file name")
         if not self.url:

@@ -508,6 +508,34 @@ def _bad_record(path: str | os.PathLike[str], lineno: int, key: str, on_error: O
 
 # ---------------------------------------------------------------- opening and decompression
 
+# What a compressed file's name promises about its first bytes. zstd files may also open with a
+# skippable frame (magic 0x184D2A50-5F, little-endian), as pzstd writes them.
+_MAGIC: dict[str, tuple[str, tuple[bytes, ...]]] = {
+    ".bz2": ("bzip2", (b"BZh",)),
+    ".gz": ("gzip", (b"\x1f\x8b",)),
+    ".zst": ("zstd", (b"\x28\xb5\x2f\xfd", *(bytes([b, 0x2A, 0x4D, 0x18]) for b in range(0x50, 0x60)))),
+}
+
+
+def check_compression(path: str | os.PathLike[str]) -> None:
+    """Raise a `KilnError` if a ``.bz2``, ``.gz`` or ``.zst`` file does not start like one (an empty file passes).
+
+    Without it a mislabeled file fails later as malformed XML or corrupt data, which sends the
+    user looking in the wrong place.
+    """
+    name = _basename(path).lower()
+    for suffix, (fmt, magics) in _MAGIC.items():
+        if name.endswith(suffix):
+            try:
+                with open_path(path, "rb") as f:
+                    head = f.read(8)
+            except FileNotFoundError:
+                raise KilnError(f"{path}: file not found; check the input path") from None
+            if head and not head.startswith(magics):
+                raise KilnError(f"{path}: not a {fmt} file (starts with {head!r}); re-download it or rename it")
+            return
+
+
 
 class _CorruptStream(Exception):
     """The compressed stream is truncated or damaged."""

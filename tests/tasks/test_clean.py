@@ -8,6 +8,7 @@ below `serial_below_mb`); tests/tasks/test_clean_parallel.py covers Dask, resume
 from __future__ import annotations
 
 import bz2
+import gzip
 import json
 import random
 import re
@@ -178,6 +179,25 @@ def test_truncated_bz2_fails_clearly_without_artifact(
         clean(raw, CleanConfig(), store)
     assert "\n" not in str(info.value)
     assert not [p for p in (store.root / "clean").glob("*") if not p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("enwiki-x.xml.bz2", "bzip2"), ("wiki.xml.gz", "gzip"),
+                                          ("00.jsonl.zst", "zstd"), ("part.json.gz", "gzip")])
+def test_a_compressed_name_on_other_bytes_is_named(store: ArtifactStore, tmp_path: Path, name: str, fmt: str) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("<mediawiki><page><title>T</title></page></mediawiki>")  # e.g. saved decompressed, not renamed
+    raw = raw_artifact(store, plain, name)
+    with pytest.raises(KilnError, match=rf"files/{re.escape(name)}: not a {fmt} file \(starts with b'<mediawi'\); "
+                                        "re-download it or rename it") as info:
+        clean(raw, CleanConfig(), store)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bz2_dump_that_is_gzip_is_named(store: ArtifactStore, tmp_path: Path) -> None:
+    gz = tmp_path / "gz"
+    gz.write_bytes(gzip.compress(b"<mediawiki></mediawiki>"))
+    with pytest.raises(KilnError, match=r"dump\.xml\.bz2: not a bzip2 file \(starts with b'\\x1f\\x8b"):
+        clean(raw_artifact(store, gz), CleanConfig(), store)
 
 
 def test_unsupported_input_is_named(store: ArtifactStore, tmp_path: Path) -> None:
