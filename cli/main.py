@@ -74,11 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.root:
-        from storage.store import is_remote_url
-
-        os.environ["KILN_HOME"] = args.root if is_remote_url(args.root) else str(Path(args.root).resolve())
     try:
+        _check_path_args(args)
+        if args.root:
+            from storage.store import is_remote_url
+
+            os.environ["KILN_HOME"] = args.root if is_remote_url(args.root) else str(Path(args.root).resolve())
         if args.command == "run":
             return _run(args)
         if args.command == "plan":
@@ -89,6 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KilnError as exc:
         print(f"kiln: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_path_args(args: argparse.Namespace) -> None:
+    """A control character (NUL...) in a path argument is one `kiln: error:` line, not a ValueError later."""
+    from kiln.config import check_path_text
+
+    for name in ("root", "config", "model", "summary_json"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            check_path_text(value, f"--{name.replace('_', '-')}" if name in ("root", "summary_json") else name)
 
 
 def _run(args: argparse.Namespace) -> int:

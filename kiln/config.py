@@ -35,6 +35,26 @@ def runtime_field(default: Any) -> Any:
     return dataclasses.field(default=default, metadata=RUNTIME_ONLY)
 
 
+# Field metadata marking a file path or URL (or a list of them): `from_dict` rejects control characters in it.
+PATH = {"path": True}
+
+
+def path_field(default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field holding a path or URL, or a list of them (checked by `check_path_text` on load)."""
+    return dataclasses.field(default=default, metadata=PATH)
+
+
+def check_path_text(value: str, what: str) -> None:
+    """Raise a `KilnError` naming `what` if the path or URL `value` holds a control character (NUL, newline...).
+
+    The OS would refuse it later with a bare ``ValueError: embedded null byte``, or worse, take it.
+    """
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        name = "a NUL character" if bad == "\0" else f"control character U+{ord(bad):04X}"
+        raise KilnError(f"{what} contains {name} ({value!r}); remove it: a path or URL may not hold control characters")
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a TOML or JSON config file into a dict, with a one-line error on failure."""
     p = Path(path)
@@ -104,6 +124,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config", p
         name: _coerce(hints[name], value, where=where, key=f"{prefix}{name}")
         for name, value in data.items()
     }
+    for name, value in kwargs.items():
+        if fields[name].metadata.get("path"):
+            for i, item in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(item, str):
+                    key = f"{prefix}{name}[{i}]" if isinstance(value, (list, tuple)) else f"{prefix}{name}"
+                    check_path_text(item, f"{where}: {key!r}")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field without default is missing
@@ -147,6 +173,8 @@ def _coerce(tp: Any, value: Any, *, where: str, key: str) -> Any:
 
 
 def _coerce_scalar(tp: Any, value: Any, *, where: str, key: str) -> Any:
+    if isinstance(value, str) and "\0" in value:  # valid in no setting; the OS calls it "embedded null byte"
+        raise KilnError(f"{where}: {key!r} contains a NUL character ({value!r}); remove it")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is type(None) and value is None:

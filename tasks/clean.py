@@ -29,10 +29,11 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kiln.config import canonical_dict, runtime_field
+from kiln.config import canonical_dict, path_field, runtime_field
 from kiln.errors import KilnError
 from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
@@ -74,7 +75,7 @@ class CleanConfig:
     """Estimated Jaccard similarity at which two documents are near duplicates."""
     num_perm: int = 128
     """MinHash permutations (signature length)."""
-    inputs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = path_field(())
     """Extra inputs read in place: local paths, directories, globs or fsspec URLs (``s3://…/*.jsonl.zst``)."""
     pile_sets: tuple[str, ...] = ()
     """The Pile subsets to keep (``meta.pile_set_name``, e.g. ``"Wikipedia (en)"``); empty keeps all."""
@@ -82,6 +83,10 @@ class CleanConfig:
     """Field holding the text in generic JSON-lines inputs."""
     on_error: Literal["raise", "skip"] = "raise"
     """A malformed record: fail naming file and position, or skip it and count it in the report."""
+    allow_empty_sources: bool = runtime_field(False)
+    """Let an input file that yields no documents (empty, or every record skipped) pass; by default
+    the stage fails naming it. It decides only whether the build may finish, not what it writes,
+    so it is not part of the artifact key: rerunning with it set resumes the failed build."""
     docs_per_shard: int = 100_000
     """At most this many documents per output shard."""
     shard_mb: float = 64.0
@@ -197,17 +202,45 @@ def _phase1_and_dedup(build: Build, units: list[Unit], cfg: CleanConfig, runner:
     ]
     log.info("clean: %d of %d units to clean", len(jobs), len(units))
     done = [len(units) - len(jobs)]
+    by_name = {u.name: u for u in units}
+    pending = Counter(by_name[name].input.index for name, _ in jobs)
 
     def finished(name: str, info: dict[str, Any]) -> None:
         _done(build, f"p1-{name}", info)
         done[0] += 1
         progress(STAGE, done[0] / len(units))  # the Prefect UI's progress bar; a no-op outside a run
+        index = by_name[name].input.index
+        pending[index] -= 1
+        if not pending[index] and not cfg.allow_empty_sources:  # fail on an empty input as soon as it is read
+            _check_not_empty(build, [u for u in units if u.input.index == index])
 
     runner.run(pipeline.run_unit, jobs, finished)
+    if not cfg.allow_empty_sources:  # again for inputs an earlier attempt finished
+        for index in sorted({u.input.index for u in units}):
+            _check_not_empty(build, [u for u in units if u.input.index == index])
     chunks = {u.name: build.unit_info(f"p1-{u.name}")["chunks"] for u in units}
     dedup = assemble.plan_dedup(units, chunks, work, _assemble_settings(cfg))
     build.mark_done("dedup", dedup)
     return dedup
+
+
+def _check_not_empty(build: Build, units: list[Unit]) -> None:
+    """Fail naming the input file of `units` (all of one input) if its reader produced no document."""
+    docs = 0
+    reader: Counter[str] = Counter()
+    for u in units:
+        info = build.unit_info(f"p1-{u.name}")
+        docs += sum(c["docs_in"] for c in info["filters"].values())
+        for counts in info["reader"].values():
+            reader.update({k: v for k, v in counts.items() if k.startswith(("skipped_", "filtered_"))})
+    f = units[0].input
+    if docs or reader["filtered_pile_set"]:  # documents that clean.pile_sets left out were there
+        return
+    skipped = sum(n for k, n in reader.items() if k.startswith("skipped_"))
+    why = f"every record was malformed and skipped ({skipped})" if skipped else (
+        "the file is empty" if f.size == 0 else "it holds no documents")
+    raise KilnError(f"{f.path}: source {f.source!r} yields no documents ({why}); fix or remove this input, "
+                    "or set clean.allow_empty_sources = true")
 
 
 def _phase3(build: Build, cfg: CleanConfig, runner: Any) -> None:

@@ -7,6 +7,10 @@ Wikipedia sample comes from the gensim wheel). A given sha256/sha1/md5 is
 verified; a mismatch deletes the file and fails. Each source is one unit: a
 killed stage keeps finished files and the partial bytes of the current one.
 
+Only transient failures are retried: a download that still fails after its attempts
+raises `TransientError`, which the Prefect task retries; a 4xx, a missing local file
+or a checksum mismatch raises a plain `KilnError` and fails at once.
+
 The artifact key covers the URLs and checksums, plus a fingerprint of local
 files (content for small ones, size and mtime for large ones), so replacing a
 local file is noticed.
@@ -20,6 +24,7 @@ zh:20240601 en:20240601`` prints them as config TOML.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.resources
 import json
 import logging
@@ -33,8 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from kiln.config import canonical_dict, runtime_field
-from kiln.errors import KilnError
+from kiln.config import canonical_dict, check_path_text, path_field, runtime_field
+from kiln.errors import KilnError, TransientError, is_transient
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.stage import Stage
 
@@ -48,9 +53,9 @@ log = logging.getLogger("kiln.download")
 class SourceSpec:
     """One file to fetch."""
 
-    name: str
+    name: str = path_field()
     """File name inside the artifact (e.g. ``enwiki-sample.xml.bz2``); readers pick formats by its suffix."""
-    url: str
+    url: str = path_field()
     """``http(s)://…``, ``file://…``, a local path, or ``pkg://package/path/in/package``."""
     sha256: str = ""
     sha1: str = ""
@@ -58,6 +63,8 @@ class SourceSpec:
     """Expected checksums (hex); any given one is verified. Wikipedia publishes sha1 and md5 sums."""
 
     def __post_init__(self) -> None:
+        check_path_text(self.name, "download source name")
+        check_path_text(self.url, f"download source {self.name!r} url")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise KilnError(f"download source name {self.name!r}: must be a plain file name")
         if not self.url:
@@ -118,6 +125,8 @@ def key_config(cfg: DownloadConfig) -> dict[str, Any]:
     return data
 
 
+# The task retries only transient failures (`kiln.errors.is_transient`: `_http_fetch` gave up on a flaky
+# network); a missing file, a 404 or a checksum mismatch fails at once.
 DOWNLOAD = Stage(STAGE, "1", DownloadConfig, key_config=key_config, retries=2)
 
 
@@ -155,7 +164,11 @@ def fetch(spec: SourceSpec, target: Path, *, attempts: int = 5, timeout_s: float
 
 
 def _http_fetch(url: str, part: Path, *, attempts: int, timeout_s: float) -> None:
-    """Stream `url` into `part`, resuming from its current size after each failure."""
+    """Stream `url` into `part`, resuming from its current size after each transient failure.
+
+    A 4xx (but 408/429) is the URL's fault and fails at once as a `KilnError`; network errors,
+    5xx and timeouts are retried here, then raised as a `TransientError` (the task may retry).
+    """
     for attempt in range(1, attempts + 1):
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -173,14 +186,19 @@ def _http_fetch(url: str, part: Path, *, attempts: int, timeout_s: float) -> Non
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # range past the end: the part file is already complete
                 return
-            if 400 <= exc.code < 500 and exc.code != 429:
+            if not is_transient(exc):
                 raise KilnError(f"{url}: HTTP {exc.code} {exc.reason}; check download.sources url") from None
             error: Exception = exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, a response cut short
+            if isinstance(exc, urllib.error.URLError) and not is_transient(exc):  # e.g. a bad TLS certificate
+                raise KilnError(f"{url}: {exc.reason}; check download.sources url") from None
+            if not is_transient(exc):
+                raise
             error = exc
         log.warning("download %s: attempt %d/%d failed (%s); resuming", url, attempt, attempts, error)
-        time.sleep(min(0.2 * 2**attempt, 10.0))
-    raise KilnError(f"{url}: download failed after {attempts} attempts ({error}); rerun to resume")
+        if attempt < attempts:
+            time.sleep(min(0.2 * 2**attempt, 10.0))
+    raise TransientError(f"{url}: download failed after {attempts} attempts ({error}); rerun to resume")
 
 
 def _expected_size(resp: Any, have: int) -> int | None:
@@ -309,13 +327,18 @@ def _fetch_text(url: str, timeout_s: float, attempts: int = 3) -> str:
             with urllib.request.urlopen(url, timeout=timeout_s) as resp:
                 return resp.read().decode("utf-8")
         except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500 and exc.code != 429:
+            if not is_transient(exc):
                 raise KilnError(f"{url}: HTTP {exc.code} {exc.reason}; check language, date and mirror") from None
             error: Exception = exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, urllib.error.URLError) and not is_transient(exc):
+                raise KilnError(f"{url}: {exc.reason}; check language, date and mirror") from None
+            if not is_transient(exc):
+                raise
             error = exc
-        time.sleep(min(0.2 * 2**attempt, 10.0))
-    raise KilnError(f"{url}: failed after {attempts} attempts ({error})")
+        if attempt < attempts:
+            time.sleep(min(0.2 * 2**attempt, 10.0))
+    raise TransientError(f"{url}: failed after {attempts} attempts ({error})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -336,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
 
 @DOWNLOAD.task
 def download_task(cfg: DownloadConfig, store_root: str) -> ArtifactRef:
-    """Prefect wrapper: retried, cached by artifact key."""
+    """Prefect wrapper: retried on transient (network) failures only, cached by artifact key."""
     return download(cfg, open_store(store_root))
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.config import load_config
+from kiln.config import load_config, path_field
 from tasks.clean import CleanConfig
 from tasks.download import DownloadConfig
 from tasks.dpo import DPOStageConfig
@@ -30,7 +30,7 @@ from tasks.tokenizer import TokenizerConfig
 class StoreConfig:
     """Where artifacts live."""
 
-    root: str = ""
+    root: str = path_field("")
     """Artifact store root; empty means ``$KILN_HOME`` or ``./kiln-artifacts``."""
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, is_transient
 from storage.store import MANIFEST, ArtifactRef, ArtifactStore, Build, artifact_key, manifest_files, open_store
 
 # Every task wrapper takes the stage's inputs (in declaration order), then these two.
@@ -138,6 +138,7 @@ class StageTask:
             persist_result=False,
             retries=stage.retries,
             retry_delay_seconds=5 if stage.retries else 0,
+            retry_condition_fn=_retry_if_transient,
         )
 
     def run_unless_stored(self, *args: Any, **kwargs: Any) -> Any:
@@ -160,6 +161,13 @@ class StageTask:
         if name.startswith("__") or name == "prefect_task":  # no recursion if building the task fails
             raise AttributeError(name)
         return getattr(self.prefect_task, name)
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only failures worth it (`kiln.errors.is_transient`), not a
+    missing file or bad data. A plain function: Prefect calls only those (`inspect.isfunction`)."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 def _as_ref(value: Any) -> ArtifactRef:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import sentencepiece as spm
 
-from kiln.config import runtime_field
+from kiln.config import path_field, runtime_field
 from kiln.errors import KilnError
 from model.sp_proto import proto_fields, special_pieces, strip_machine_fields
 from model.tokenizer import (
@@ -94,7 +94,7 @@ class TokenizerConfig:
     unigram_threads: int = 2
     """Threads for unigram training. Unigram's EM result depends on how sentences are split over
     threads, so unlike `num_threads` this one is part of the artifact key."""
-    existing: str = ""
+    existing: str = path_field("")
     """Path to an existing SentencePiece .model (or a directory holding tokenizer.model): copied, not trained."""
     existing_sha256: str = ""
     """sha256 of `existing`, filled in from the file when empty (so a changed file changes the key)."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from kiln.errors import KilnError
+from tasks.text.sources import check_compression
 
 _CHUNK = 1 << 20  # 1 MiB reads: larger buys nothing, the XML parser is the cost
 
@@ -57,9 +58,12 @@ def iter_pages(
     try:
         with open(name, "rb") as probe:
             magic = probe.read(3)
-    except OSError as err:
-        raise KilnError(f"{name}: cannot open dump ({err.strerror or err}): check the path") from err
-    # Sniff the compression instead of trusting the name: downloads get renamed.
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise KilnError(f"{name}: cannot open dump ({getattr(err, 'strerror', None) or err}): check the path") from err
+    if not magic:
+        return  # an empty file has no pages (the clean stage fails on an input without documents)
+    check_compression(name)  # a .bz2 or .gz name must hold that format, else say so (not "malformed XML")
+    # Sniff the compression of other names (a dump saved as .xml may still be compressed).
     if magic == b"BZh":
         opener, kind = bz2.open, "bz2 stream"
     elif magic[:2] == b"\x1f\x8b":

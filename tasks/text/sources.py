@@ -120,8 +120,9 @@ def iter_wudao(
 
     The array is parsed incrementally (`json.JSONDecoder.raw_decode` over a sliding
     buffer), so memory stays at one read chunk plus one record whatever the file size.
-    A malformed array cannot be resynchronized: with ``on_error="skip"`` the rest of
-    that file is skipped and counted in ``stats["skipped_bad_json"]``.
+    With ``on_error="skip"`` a malformed record is skipped alone: parsing resumes at the
+    next record (see `_JsonScanner.resync`) and each skip counts one in
+    ``stats["skipped_bad_json"]``. A truncated file or one that is not UTF-8 always raises.
     """
     _check_on_error(on_error)
     stats = stats if stats is not None else Counter()
@@ -129,7 +130,10 @@ def iter_wudao(
     with _open_decompressed(path) as raw:
         scanner = _JsonScanner(raw, str(path))
         try:
-            for index, rec in scanner.records():
+            for index, rec in scanner.records(skip=on_error == "skip"):
+                if rec is _SKIPPED:
+                    stats["skipped_bad_json"] += 1
+                    continue
                 doc = _wudao_doc(rec, name, index)
                 if doc is not None:
                     yield doc
@@ -145,9 +149,9 @@ def iter_wudao(
         except _BadJson as exc:
             if exc.truncated:  # a broken download, not a bad record: never skipped
                 raise KilnError(f"{path}: {exc}; the file is truncated, re-download it") from None
-            if on_error == "raise":
-                raise KilnError(f"{path}: {exc}; fix or remove the file, or set on_error='skip'") from None
-            stats["skipped_bad_json"] += 1
+            if exc.fatal:
+                raise KilnError(f"{path}: {exc}; re-encode the file as UTF-8 or re-download it") from None
+            raise KilnError(f"{path}: {exc}; fix or remove the file, or set on_error='skip'") from None
 
 
 def _wudao_doc(rec: Any, name: str, index: int) -> Doc | None:
@@ -167,11 +171,28 @@ def _wudao_doc(rec: Any, name: str, index: int) -> Doc | None:
 
 
 class _BadJson(Exception):
-    """Malformed or truncated JSON in a WuDao file; the message gives byte offset and record index."""
+    """Malformed or truncated JSON in a WuDao file; the message gives byte offset and record index.
 
-    def __init__(self, msg: str, truncated: bool = False) -> None:
-        super().__init__(msg)
+    `truncated`: the file ends early (a broken download). `fatal`: reading cannot go on (not
+    UTF-8). Neither is ever skipped. The byte offset is worked out only when the message is
+    printed (it reads the file again up to there): a skipped record must not cost that.
+    """
+
+    def __init__(self, path: str, chars: int, before: str, after: str = "", *, truncated: bool = False,
+                 fatal: bool = False) -> None:
+        super().__init__(path, chars, before, after)
+        self.path, self.chars, self.before, self.after = path, chars, before, after
         self.truncated = truncated
+        self.fatal = fatal or truncated
+
+    def __str__(self) -> str:
+        """``<before><byte offset of character `chars`><after>``."""
+        return f"{self.before}{_byte_offset(self.path, self.chars)}{self.after}"
+
+
+_SKIPPED = object()  # what `_JsonScanner.records` yields in place of a malformed record it skipped
+_WS = " \t\n\r"
+_VALUE_START = frozenset('{["-0123456789tfn')
 
 
 class _JsonScanner:
@@ -189,7 +210,9 @@ class _JsonScanner:
         self.buf, self.pos, self.base, self.eof = "", 0, 0, False
         self.decode = json.JSONDecoder().raw_decode
 
-    def records(self) -> Iterator[tuple[int, Any]]:
+    def records(self, skip: bool = False) -> Iterator[tuple[int, Any]]:
+        """``(index, value)`` per top-level value; with `skip`, damage yields ``(index, _SKIPPED)`` once and
+        parsing goes on at the next record (`resync`); a truncated or non-UTF-8 file still raises."""
         first = self._peek()
         if first == "":
             return  # an empty file has no records
@@ -203,7 +226,20 @@ class _JsonScanner:
                 break
             if not is_array and ch == "":
                 return
-            yield index, self._value(index)
+            try:
+                value = self._value(index)
+            except _BadJson as exc:
+                if not skip or exc.fatal:
+                    raise
+                # pos is still at the record's start: search from just after it (a string that lost its
+                # closing quote makes the parse fail past the next record's start, not before it)
+                self.pos += 1
+                yield index, _SKIPPED
+                index += 1
+                if not self.resync(index, is_array):
+                    return
+                continue
+            yield index, value
             index += 1
             if is_array:
                 ch = self._peek()
@@ -212,11 +248,85 @@ class _JsonScanner:
                 if ch == "":
                     raise self._error(self.pos, index, "the JSON array is never closed", truncated=True)
                 if ch != ",":
-                    raise self._error(self.pos, index, "expected ',' or ']' after a record")
+                    if not skip:
+                        raise self._error(self.pos, index, "expected ',' or ']' after a record")
+                    yield index, _SKIPPED  # the text up to the next record (not a record: index stays)
+                    if not self.resync(index, is_array, after_separator=True):
+                        return
+                    continue
                 self.pos += 1
         self.pos += 1  # past "]"
         if self._peek() != "":
             raise self._error(self.pos, index, "data after the end of the JSON array")
+
+    def resync(self, index: int, is_array: bool, after_separator: bool = False) -> bool:
+        """Move pos to the start of the next record after damage at ``buf[pos]``; False if none follows.
+
+        In an array the next record is the first ``{`` after a ``,`` (any ``{`` when
+        `after_separator`: pos is then at a bad separator, not inside a record) that parses as
+        a JSON object followed by ``,`` and the start of a value, or by the closing ``]`` at
+        the end of the file; in JSON lines, the first ``{`` that starts a line and parses as
+        an object. WuDao records are flat objects, so a false start inside the damaged record
+        can only be a nested object: rejected by what follows it, or parsed and dropped as one
+        more bad record, after which parsing still reaches the real next record. It streams:
+        text before pos is dropped as the search reads on. An array without its closing ``]``
+        is truncated and raises.
+        """
+        boundary = "," if is_array else "\n"
+        prev = ""  # the last character before pos, whitespace skipped
+        skipped = " \t\n\r" if is_array else " \t\r"
+        while True:
+            buf, n, i = self.buf, len(self.buf), self.pos
+            while i < n and not (buf[i] == "{" and (prev == boundary or after_separator)):
+                if buf[i] not in skipped:
+                    prev = buf[i]
+                i += 1
+            self.pos = i
+            if i == n:
+                if not self.eof:
+                    self._fill(grow=False)
+                    continue
+                if not is_array or prev == "]":  # the damaged record was the last one
+                    return False
+                raise self._error(self.pos, index, "the JSON array is never closed", truncated=True)
+            if self._is_record_start(is_array):
+                return True
+            prev = "{"
+            self.pos += 1
+
+    def _is_record_start(self, is_array: bool) -> bool:
+        """Whether ``buf[pos:]`` starts with a JSON object followed (in an array) by ``, <value>`` or by
+        ``]`` and the end of the file."""
+        while True:
+            try:
+                value, end = self.decode(self.buf, self.pos)
+                break
+            except json.JSONDecodeError as exc:
+                if not self.eof and (exc.msg.startswith("Unterminated string")
+                                     or exc.pos >= len(self.buf) - _INCOMPLETE_SLACK):
+                    self._fill(grow=True)
+                    continue
+                return False
+        if not isinstance(value, dict):
+            return False
+        if not is_array:
+            return True
+        ch, at = self._char_after(end - self.pos)
+        if ch == ",":
+            return self._char_after(at + 1)[0] in _VALUE_START
+        return ch == "]" and self._char_after(at + 1)[0] == ""
+
+    def _char_after(self, rel: int) -> tuple[str, int]:
+        """The first non-whitespace character at or after ``buf[pos + rel]`` ('' at end of file) and its offset
+        from pos; reads more as needed and keeps ``buf[pos:]``."""
+        while True:
+            buf, n, i = self.buf, len(self.buf), self.pos + rel
+            while i < n and buf[i] in _WS:
+                i += 1
+            if i < n or self.eof:
+                return (buf[i] if i < n else ""), i - self.pos
+            rel = i - self.pos
+            self._fill(grow=True)
 
     def _value(self, index: int) -> Any:
         while True:
@@ -241,7 +351,7 @@ class _JsonScanner:
         while True:
             buf, n = self.buf, len(self.buf)
             pos = self.pos
-            while pos < n and buf[pos] in " \t\n\r":
+            while pos < n and buf[pos] in _WS:
                 pos += 1
             self.pos = pos
             if pos < n:
@@ -258,14 +368,13 @@ class _JsonScanner:
         try:
             more = self.text.read(want)
         except UnicodeDecodeError:
-            offset = _byte_offset(self.name, self.base + len(rest))
-            raise _BadJson(f"not UTF-8 text after byte {offset}") from None
+            raise _BadJson(self.name, self.base + len(rest), "not UTF-8 text after byte ", fatal=True) from None
         self.buf, self.pos, self.eof = rest + more, 0, more == ""
 
     def _error(self, pos: int, index: int, msg: str, truncated: bool = False) -> _BadJson:
-        offset = _byte_offset(self.name, self.base + pos)
         kind = "truncated" if truncated else "malformed"
-        return _BadJson(f"{kind} JSON at byte {offset} (record {index}): {msg}", truncated)
+        return _BadJson(self.name, self.base + pos, f"{kind} JSON at byte ", f" (record {index}): {msg}",
+                        truncated=truncated)
 
 
 def _byte_offset(path: str, n_chars: int) -> int:
@@ -398,6 +507,34 @@ def _bad_record(path: str | os.PathLike[str], lineno: int, key: str, on_error: O
 
 
 # ---------------------------------------------------------------- opening and decompression
+
+# What a compressed file's name promises about its first bytes. zstd files may also open with a
+# skippable frame (magic 0x184D2A50-5F, little-endian), as pzstd writes them.
+_MAGIC: dict[str, tuple[str, tuple[bytes, ...]]] = {
+    ".bz2": ("bzip2", (b"BZh",)),
+    ".gz": ("gzip", (b"\x1f\x8b",)),
+    ".zst": ("zstd", (b"\x28\xb5\x2f\xfd", *(bytes([b, 0x2A, 0x4D, 0x18]) for b in range(0x50, 0x60)))),
+}
+
+
+def check_compression(path: str | os.PathLike[str]) -> None:
+    """Raise a `KilnError` if a ``.bz2``, ``.gz`` or ``.zst`` file does not start like one (an empty file passes).
+
+    Without it a mislabeled file fails later as malformed XML or corrupt data, which sends the
+    user looking in the wrong place.
+    """
+    name = _basename(path).lower()
+    for suffix, (fmt, magics) in _MAGIC.items():
+        if name.endswith(suffix):
+            try:
+                with open_path(path, "rb") as f:
+                    head = f.read(8)
+            except FileNotFoundError:
+                raise KilnError(f"{path}: file not found; check the input path") from None
+            if head and not head.startswith(magics):
+                raise KilnError(f"{path}: not a {fmt} file (starts with {head!r}); re-download it or rename it")
+            return
+
 
 
 class _CorruptStream(Exception):

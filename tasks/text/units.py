@@ -28,7 +28,7 @@ import fsspec.core
 
 from kiln.errors import KilnError
 from tasks.text.mediawiki import stream_ranges
-from tasks.text.sources import detect_format, expand_inputs
+from tasks.text.sources import check_compression, detect_format, expand_inputs
 
 INDEX_SUFFIXES = ("-index.txt.bz2", "-index.txt")
 # Wikimedia names dumps after the wiki's database name: "zhwiki-20240601-...", "zh_yuewiki-latest-...".
@@ -81,6 +81,8 @@ def discover_inputs(local: Sequence[Path], patterns: Sequence[str], language: st
     for dump, index in indexes.items():
         if dump not in known:
             raise KilnError(f"{index}: multistream index without its dump {basename(dump)} beside it")
+    for path in paths:  # a mislabeled file is named now, not later as malformed XML or corrupt data
+        check_compression(path)
     files = []
     for i, path in enumerate(dumps):
         fmt = detect_format(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,3 +72,46 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_runtime_fields_do_not_change_canonical_json() -> None:
     assert canonical_json(Top(name="x", workers=1)) == canonical_json(Top(name="x", workers=8))
     assert canonical_json(Top(name="x", steps=1)) != canonical_json(Top(name="x", steps=2))
+
+
+# ---------------------------------------------------------------- control characters in paths
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the kiln CLI; it must exit 2 with exactly one stderr line, a `kiln: error:` line, which is returned."""
+    from cli.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kiln: error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+    return err
+
+
+DEMO = "configs/demo.toml"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--root", "/tmp/st\0re", "plan", DEMO], r"--root contains a NUL character \('/tmp/st\\x00re'\)"),
+        (["plan", DEMO, "-s", 'store.root="st\\u0000ore"'], r"demo\.toml: 'store\.root' contains a NUL character"),
+        (["plan", DEMO, "-s", 'clean.inputs=["ok.json", "b\\u0000d.json"]'], r"'clean\.inputs\[1\]' contains a NUL"),
+        (["plan", DEMO, "-s", 'download.sources=[{name="a.bz2", url="/x/a\\u0000.bz2"}]'],
+         r"'download\.sources\[0\]\.url' contains a NUL"),
+        (["plan", DEMO, "-s", 'download.sources=[{name="a\\n.bz2", url="/x/a.bz2"}]'],
+         r"'download\.sources\[0\]\.name' contains control character U\+000A \('a\\n\.bz2'\); remove it"),
+        (["plan", DEMO, "-s", 'tokenizer.existing="/m/\\u0007.model"'], r"'tokenizer\.existing' contains control"),
+    ],
+)
+def test_a_control_character_in_a_path_is_one_error_line(capsys, argv: list[str], message: str) -> None:
+    assert re.search(message, cli_error(capsys, argv))
+
+
+def test_text_settings_may_hold_newlines_but_no_nul() -> None:
+    from tasks.pipeline_config import PipelineConfig
+
+    data = {"download": {"sources": [{"name": "a.xml", "url": "/a.xml"}]}, "generate": {"prompt": "Q:\nA:"}}
+    assert load_config(PipelineConfig, data=data).generate.prompt == "Q:\nA:"
+    data["generate"]["prompt"] = "Q:\0"
+    with pytest.raises(KilnError, match=r"config: 'generate\.prompt' contains a NUL character"):
+        load_config(PipelineConfig, data=data)

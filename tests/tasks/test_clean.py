@@ -8,10 +8,12 @@ below `serial_below_mb`); tests/tasks/test_clean_parallel.py covers Dask, resume
 from __future__ import annotations
 
 import bz2
+import gzip
 import json
 import random
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,25 @@ def test_truncated_bz2_fails_clearly_without_artifact(
     assert not [p for p in (store.root / "clean").glob("*") if not p.name.startswith(".")]
 
 
+@pytest.mark.parametrize(("name", "fmt"), [("enwiki-x.xml.bz2", "bzip2"), ("wiki.xml.gz", "gzip"),
+                                          ("00.jsonl.zst", "zstd"), ("part.json.gz", "gzip")])
+def test_a_compressed_name_on_other_bytes_is_named(store: ArtifactStore, tmp_path: Path, name: str, fmt: str) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("<mediawiki><page><title>T</title></page></mediawiki>")  # e.g. saved decompressed, not renamed
+    raw = raw_artifact(store, plain, name)
+    with pytest.raises(KilnError, match=rf"files/{re.escape(name)}: not a {fmt} file \(starts with b'<mediawi'\); "
+                                        "re-download it or rename it") as info:
+        clean(raw, CleanConfig(), store)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bz2_dump_that_is_gzip_is_named(store: ArtifactStore, tmp_path: Path) -> None:
+    gz = tmp_path / "gz"
+    gz.write_bytes(gzip.compress(b"<mediawiki></mediawiki>"))
+    with pytest.raises(KilnError, match=r"dump\.xml\.bz2: not a bzip2 file \(starts with b'\\x1f\\x8b"):
+        clean(raw_artifact(store, gz), CleanConfig(), store)
+
+
 def test_unsupported_input_is_named(store: ArtifactStore, tmp_path: Path) -> None:
     other = tmp_path / "data.csv"
     other.write_text("a,b\n")
@@ -306,6 +327,47 @@ def test_bad_records_skipped_and_counted(store: ArtifactStore, tiny_raw: Artifac
     assert counts["skipped_bad_json"] == 1 and counts["skipped_bad_record"] == 1
     assert sum(d["source"] == "pile" for d in docs_of(ref)) == 2
     assert "skipped_bad_json" in (ref.path / "report.md").read_text()
+
+
+def test_wudao_skip_drops_only_the_malformed_record(store: ArtifactStore, tiny_raw: ArtifactRef,
+                                                    tmp_path: Path) -> None:
+    records = [{"id": i, "dataType": "百科", "title": f"t{i}", "content": hanzi_prose(i)} for i in range(12)]
+    parts = [json.dumps(r, ensure_ascii=False) for r in records]
+    parts[4] = parts[4].replace('"content": "', '"content": "\\x', 1)  # an invalid escape: malformed JSON
+    path = tmp_path / "wd.json"
+    path.write_text("[" + ", ".join(parts) + "]", encoding="utf-8")
+    cfg = CleanConfig(inputs=(str(path),), on_error="skip", **KEEP_ALL)
+    ref = clean(tiny_raw, cfg, store)
+    assert [d["id"] for d in docs_of(ref) if d["source"] == "wudao"] == [f"wudao/{i}" for i in range(12) if i != 4]
+    assert store.manifest(ref)["counts"]["skipped_bad_json"] == 1
+
+
+def test_an_input_without_documents_fails_naming_it(store: ArtifactStore, tiny_raw: ArtifactRef,
+                                                    tmp_path: Path) -> None:
+    good = write_pile(tmp_path / "good.jsonl.zst", [pile_record(prose(i)) for i in range(3)])
+    (tmp_path / "empty.json").write_bytes(b"")  # a WuDao file that came down empty
+    write_wudao(tmp_path / "none.json", [])  # a WuDao file with an empty array
+    bad = write_pile(tmp_path / "bad.jsonl.zst", [pile_record("x")] * 2, {0: "{oops", 1: "{oops"})
+    cases = [(tmp_path / "empty.json", "'wudao' yields no documents (the file is empty)"),
+             (tmp_path / "none.json", "'wudao' yields no documents (it holds no documents)"),
+             (bad, "'pile' yields no documents (every record was malformed and skipped (2))")]
+    for path, why in cases:  # among non-empty inputs: the dump in tiny_raw and good.jsonl.zst
+        cfg = CleanConfig(inputs=(str(good), str(path)), on_error="skip", **KEEP_ALL)
+        with pytest.raises(KilnError, match=rf"^{re.escape(f'{path}: source {why}; ')}.*allow_empty_sources") as info:
+            clean(tiny_raw, cfg, store)
+        assert "\n" not in str(info.value)
+        ref = clean(tiny_raw, replace(cfg, allow_empty_sources=True), store)  # resumes the failed build
+        assert sum(d["source"] == "pile" for d in docs_of(ref)) == 3
+    assert not list((store.root / "clean").glob(".partial-*"))
+
+
+def test_an_empty_download_fails_the_clean_stage(store: ArtifactStore, tmp_path: Path) -> None:
+    (tmp_path / "empty.xml.bz2").write_bytes(b"")
+    raw = raw_artifact(store, tmp_path / "empty.xml.bz2", "enwiki-empty.xml.bz2")
+    with pytest.raises(KilnError, match=r"files/enwiki-empty\.xml\.bz2: source 'wiki-en' yields no documents"):
+        clean(raw, CleanConfig(), store)
+    ref = clean(raw, CleanConfig(allow_empty_sources=True), store)
+    assert store.manifest(ref)["counts"]["documents"] == 0
 
 
 def test_report_files_and_prefect_markdown_artifact(store, enwiki_sample, monkeypatch) -> None:

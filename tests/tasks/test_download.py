@@ -6,19 +6,22 @@ import functools
 import hashlib
 import http.server
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kiln.config import load_config
-from kiln.errors import KilnError
+from kiln.errors import KilnError, TransientError, is_transient
 from storage.store import ArtifactStore
 from tasks.download import (
     DownloadConfig,
     SourceSpec,
     download,
+    download_task,
     sources_toml,
     wikipedia_dump_url,
     wikipedia_sources,
@@ -32,13 +35,20 @@ class FlakyRangeHandler(http.server.BaseHTTPRequestHandler):
 
     payload = b""
     drop_first = 0
+    unavailable_first = 0
     requests: list[str | None] = []
+    paths: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        cls = type(self)
+        cls.paths.append(self.path)
         if self.path != "/dump.bz2":
             self.send_error(404)
             return
-        cls = type(self)
+        if cls.unavailable_first > 0:
+            cls.unavailable_first -= 1
+            self.send_error(503)
+            return
         rng = self.headers.get("Range")
         cls.requests.append(rng)
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
@@ -62,7 +72,8 @@ class FlakyRangeHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(enwiki_sample: Path) -> Iterator[tuple[str, type[FlakyRangeHandler]]]:
-    handler = type("Handler", (FlakyRangeHandler,), {"payload": enwiki_sample.read_bytes(), "requests": []})
+    handler = type("Handler", (FlakyRangeHandler,), {"payload": enwiki_sample.read_bytes(), "requests": [],
+                                                "paths": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -121,6 +132,76 @@ def test_config_errors_are_clear() -> None:
         DownloadConfig(sources=[])
     with pytest.raises(KilnError, match="plain file name"):
         SourceSpec(name="a/b", url="x")
+
+
+# ---------------------------------------------------------------- which failures the Prefect task retries
+
+
+@pytest.fixture
+def prefect_run(prefect_api: str) -> Iterator[Any]:
+    """Run the download task through Prefect (the session's test server); returns the final state and run count.
+
+    The retry delay is 0 here; the stage's retries and retry condition are its own."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+
+    def run(cfg: DownloadConfig, store: ArtifactStore) -> tuple[Any, int]:
+        task = download_task.with_options(retry_delay_seconds=0)
+        state = task(cfg, str(store.root), return_state=True)
+        deadline = time.monotonic() + 60
+        with get_client(sync_client=True) as client:
+            while True:  # the server records task runs from events: it may lag a moment behind the run
+                try:
+                    recorded = client.read_task_run(state.state_details.task_run_id)
+                    if recorded.state_type == state.type:
+                        return state, recorded.run_count
+                except ObjectNotFound:
+                    pass
+                assert time.monotonic() < deadline, "the task run never reached the server"
+                time.sleep(0.2)
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api, PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+        yield run
+
+
+def test_deterministic_failures_are_not_retried(prefect_run, server, store: ArtifactStore, tmp_path: Path) -> None:
+    url, handler = server
+    state, runs = prefect_run(DownloadConfig(sources=[SourceSpec(name="x.bz2", url=f"{url}/missing")]), store)
+    assert state.is_failed() and "HTTP 404" in str(state.result(raise_on_failure=False))
+    assert runs == 1 and handler.paths == ["/missing"]  # one request: a 404 does not go away
+    missing = DownloadConfig(sources=[SourceSpec(name="a.bz2", url=str(tmp_path / "nope.bz2"))])
+    state, runs = prefect_run(missing, store)
+    assert state.is_failed() and "not found" in str(state.result(raise_on_failure=False)) and runs == 1
+    wrong = DownloadConfig(sources=[SourceSpec(name="d.bz2", url=f"{url}/dump.bz2", md5="0" * 32)])
+    state, runs = prefect_run(wrong, store)
+    assert state.is_failed() and "md5 mismatch" in str(state.result(raise_on_failure=False)) and runs == 1
+
+
+def test_transient_failure_is_retried_by_the_task(prefect_run, server, store: ArtifactStore) -> None:
+    url, handler = server
+    handler.unavailable_first = 1  # one attempt per task run: the 503 ends the first run, the retry succeeds
+    cfg = DownloadConfig(sources=[SourceSpec(name="dump.xml.bz2", url=f"{url}/dump.bz2")], attempts=1)
+    state, runs = prefect_run(cfg, store)
+    assert state.is_completed() and runs == 2 and handler.paths == ["/dump.bz2", "/dump.bz2"]
+    ref = state.result()
+    assert (ref.path / "files/dump.xml.bz2").read_bytes() == handler.payload
+
+
+def test_which_errors_are_transient() -> None:
+    import errno
+    import urllib.error
+
+    def http(code: int) -> urllib.error.HTTPError:
+        return urllib.error.HTTPError("http://x", code, "status", {}, None)  # type: ignore[arg-type]
+
+    transient = [TransientError("net"), http(503), http(429), http(500), TimeoutError(), ConnectionResetError(),
+                 urllib.error.URLError(ConnectionRefusedError()), urllib.error.URLError("closed early"),
+                 OSError(errno.ENETUNREACH, "unreachable")]
+    deterministic = [KilnError("bad"), http(404), http(403), FileNotFoundError(), PermissionError(),
+                     OSError(errno.ENOSPC, "full"), urllib.error.URLError(FileNotFoundError()), ValueError()]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in deterministic] == [False] * len(deterministic)
 
 
 # ---------------------------------------------------------------- Wikipedia dump URLs and published checksums

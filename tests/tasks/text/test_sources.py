@@ -132,8 +132,70 @@ def test_wudao_malformed_record_and_skip_mode(tmp_path: Path, small_chunks: None
         list(iter_wudao(path))
     stats: Counter[str] = Counter()
     docs = list(iter_wudao(path, on_error="skip", stats=stats))
-    # An array cannot be resynchronized: the records before the damage survive, the rest is counted.
-    assert len(docs) == 20 and stats == Counter({"skipped_bad_json": 1})
+    # Only the damaged record is lost: parsing resumes at the next one.
+    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for r in records if r["id"] != 1020]
+    assert stats == Counter({"skipped_bad_json": 1})
+
+
+def _damage(record: dict, how: str) -> str:
+    """One WuDao record as JSON text, broken in a way real files get broken."""
+    text = json.dumps(record, ensure_ascii=False)
+    if how == "lost quote":  # a string loses its closing quote: the parse fails past the next record's start
+        return text.replace('", "content"', ', "content"', 1)
+    if how == "bad escape":
+        return text.replace('"content": "', '"content": "\\q', 1)
+    if how == "control char":  # a raw newline inside a string is not JSON
+        return text.replace('"content": "', '"content": "line\nbreak', 1)
+    if how == "cut short":  # a record cut off in the middle, the next one following
+        return text[: len(text) // 2]
+    if how == "nested braces":  # the damaged record's text holds '{...}, {...}' like a record boundary
+        return text.replace('"content": "', '"content": "x}, {\\"a\\": 1}, {"id": 5, ', 1)
+    assert how == "missing comma"
+    return text.replace(', "title"', ' "title"', 1)
+
+
+DAMAGE = ["lost quote", "bad escape", "control char", "cut short", "nested braces", "missing comma"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("k", [0, 17, 39])  # first, middle (past several 1 KB reads) and last record
+def test_wudao_skip_loses_only_the_malformed_record(tmp_path: Path, small_chunks: None, how: str, k: int) -> None:
+    records = wudao_records(40)
+    parts = [json.dumps(r, ensure_ascii=False) for r in records]
+    parts[k] = _damage(records[k], how)
+    path = tmp_path / "damaged.json"
+    path.write_text("[" + ", ".join(parts) + "]", encoding="utf-8")
+    if how == "cut short" and k == 39:  # the last record cut short is a truncated file, never skipped
+        with pytest.raises(KilnError, match=r"damaged\.json: truncated JSON .*re-download"):
+            list(iter_wudao(path, on_error="skip"))
+        return
+    with pytest.raises(KilnError, match=r"damaged\.json: malformed JSON at byte \d+ \(record \d+\).*on_error='skip'"):
+        list(iter_wudao(path))
+    stats: Counter[str] = Counter()
+    docs = list(iter_wudao(path, on_error="skip", stats=stats))
+    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for i, r in enumerate(records) if i != k]
+    assert [d["text"] for d in docs] == [r["content"] for i, r in enumerate(records) if i != k]
+    assert stats == Counter({"skipped_bad_json": 1})
+
+
+def test_wudao_skip_in_json_lines_and_after_a_bad_separator(tmp_path: Path, small_chunks: None) -> None:
+    records = wudao_records(30)
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    lines[4] = _damage(records[4], "lost quote")
+    lines[20] = _damage(records[20], "bad escape")
+    path = tmp_path / "lines.json"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    stats: Counter[str] = Counter()
+    docs = list(iter_wudao(path, on_error="skip", stats=stats))
+    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for i, r in enumerate(records) if i not in (4, 20)]
+    assert stats == Counter({"skipped_bad_json": 2})
+    text = json.dumps(records, ensure_ascii=False)
+    cut = text.index(', {"id": 1011')
+    (tmp_path / "sep.json").write_text(text[:cut] + " ;" + text[cut + 1 :], encoding="utf-8")
+    stats = Counter()
+    docs = list(iter_wudao(tmp_path / "sep.json", on_error="skip", stats=stats))
+    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for r in records]  # the stray ';' is all that is lost
+    assert stats == Counter({"skipped_bad_json": 1})
 
 
 def test_wudao_record_without_content(tmp_path: Path) -> None:
