@@ -145,8 +145,9 @@ def _plan(args: argparse.Namespace) -> int:
 def _use_model(args: argparse.Namespace) -> int:
     from cli.chat import chat_loop, generate_text
 
-    sampling = {"tokenizer_dir": args.tokenizer, "system_prompt": args.system, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "device": args.device}
+    sampling = {"tokenizer_dir": args.tokenizer, "system_prompt": args.system, "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                "device": args.device}
     if args.command == "chat":
         chat_loop(args.model, **sampling)
     else:

@@ -15,7 +15,6 @@ import dataclasses
 import re
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
