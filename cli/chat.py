@@ -72,12 +72,19 @@ class ChatSession:
 
 
 def stream_text(tokenizer: Any, token_ids: Iterator[int], stop_ids: set[int]) -> Iterator[str]:
-    """Turn a stream of ids into text pieces, holding back incomplete UTF-8 byte sequences."""
+    """Turn a stream of ids into text pieces, holding back incomplete UTF-8 byte sequences.
+
+    Special and chat tokens (``<|im_end|>``, ``<s>``, …) are not text: they are left out,
+    as Hugging Face's ``decode(..., skip_special_tokens=True)`` does.
+    """
+    hidden = set(tokenizer.special_tokens.values())
     out: list[int] = []
     shown = ""
     for tok in token_ids:
         if tok in stop_ids:
             break
+        if tok in hidden:
+            continue
         out.append(tok)
         text = tokenizer.decode(out)
         if text.endswith("\ufffd"):  # a multi-byte character split over byte-fallback tokens

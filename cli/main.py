@@ -2,7 +2,7 @@
 
     kiln run configs/demo.toml                 # the whole DAG (finished stages are cached)
     kiln run configs/demo.toml --until clean   # a stage and what it depends on
-    kiln run configs/demo.toml -s pretrain.steps=50 -s tokenizer.vocab_size=4000
+    kiln run configs/demo.toml -s pretrain.run.steps=50 -s tokenizer.vocab_size=4000
     kiln plan configs/demo.toml -s tokenizer.vocab_size=3000   # what a run would rebuild, and why
     kiln generate <model artifact> "The history of"      # sample from a trained model (KV cache, streamed)
     kiln chat <sft or dpo artifact>                       # interactive chat
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline (or a prefix of it) as a Prefect flow")
     run.add_argument("config", nargs="?", default="configs/demo.toml", help="pipeline TOML file")
     run.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. pretrain.steps=50 (repeatable)")
+                     help="override a config value, e.g. pretrain.run.steps=50 (repeatable)")
     run.add_argument("--until", default="all", help="run only this stage and what it needs (default: all)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary (states, artifacts) as JSON")
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "generate":
             p.add_argument("prompt")
             p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+        p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory, if the model directory has none")
         p.add_argument("--system", default="", help="system prompt (chat template)")
         p.add_argument("--max-new-tokens", type=int, default=128)
         p.add_argument("--temperature", type=float, default=0.8)
@@ -118,17 +119,24 @@ def _run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = pipeline(config=args.config, overrides=args.overrides, until=args.until)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """What `kiln run` prints at the end: each stage's state and artifact, the headline numbers, the samples."""
     print(f"\n{'stage':<12} {'state':<10} artifact")
     for stage, info in summary["stages"].items():
         print(f"{stage:<12} {info['state']:<10} {info['artifact']}")
     if "final_loss" in summary:
         print(f"\nfinal training loss: {summary['final_loss']:.4f}")
     for name, value in summary.get("evaluation", {}).items():
-        if isinstance(value, (int, float)):
+        if isinstance(value, float):
             print(f"eval {name}: {value:.4f}")
+        elif isinstance(value, int) and not isinstance(value, bool):  # counts (val_tokens, seq_len) stay ints
+            print(f"eval {name}: {value}")
     for sample in summary.get("samples", []):
         print(f"\nprompt: {sample['prompt']!r}\nsample: {sample['text']}")
-    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -148,8 +156,9 @@ def _plan(args: argparse.Namespace) -> int:
 def _use_model(args: argparse.Namespace) -> int:
     from cli.chat import chat_loop, generate_text
 
-    sampling = {"system_prompt": args.system, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "device": args.device}
+    sampling = {"tokenizer_dir": args.tokenizer, "system_prompt": args.system, "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                "device": args.device}
     if args.command == "chat":
         chat_loop(args.model, **sampling)
     else:

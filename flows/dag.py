@@ -126,10 +126,16 @@ def step_inputs(cfg: PipelineConfig, step: str, refs: Mapping[str, ArtifactRef])
     return {inp: None if src is None else refs[src] for inp, src in wiring(cfg)[step].items()}
 
 
+def step_task(step: str) -> Any:
+    """A step's Prefect task under the step's name: the three download steps share one stage
+    (and so its task name), but the UI should show ``sft_download``, not ``download-…``."""
+    return STEPS[step].task.with_options(name=step)
+
+
 def run_step(cfg: PipelineConfig, step: str, refs: Mapping[str, ArtifactRef], root: str) -> Any:
     """Call a step's Prefect task; its final state (Completed, Cached, Failed …)."""
     inputs = step_inputs(cfg, step, refs)
-    return STEPS[step].task(*inputs.values(), section(cfg, step), root, return_state=True)
+    return step_task(step)(*inputs.values(), section(cfg, step), root, return_state=True)
 
 
 @dataclass

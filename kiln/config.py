@@ -3,7 +3,7 @@
 One loader serves every part of Kiln (pipeline stages, the trainer under torchrun,
 benchmarks), so a config file means the same thing everywhere:
 
-    cfg = load_config(PipelineConfig, "configs/demo.toml", ["pretrain.lr=3e-4"])
+    cfg = load_config(PipelineConfig, "configs/demo.toml", ["pretrain.optim.lr=3e-4"])
 
 A wrong key, a wrong type or a missing file is a `KilnError` naming the key and
 the file, never a silent default. Fields whose metadata says
@@ -71,7 +71,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its key path and a TOML-typed value (bare words stay strings)."""
     if "=" not in text:
-        raise KilnError(f"override {text!r}: expected KEY=VALUE, e.g. pretrain.lr=3e-4")
+        raise KilnError(f"override {text!r}: expected KEY=VALUE, e.g. pretrain.optim.lr=3e-4")
     key, raw = text.split("=", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +188,14 @@ def model_config_from_hf(hf: dict[str, Any], max_seq_len: int | None = None) -> 
 
 # ---------------------------------------------------------------- export / import
 def export_hf(model_or_state: nn.Module | dict[str, Tensor], cfg: ModelConfig, out_dir: str | Path, *,
-              tokenizer_dir: str | Path | None = None, dtype: str = "float32") -> Path:
+              tokenizer_dir: str | Path | None = None, dtype: str = "float32",
+              prompt_prefix: Sequence[int] = (), chat_bos: bool = False) -> Path:
     """Write ``config.json``, ``model.safetensors`` (+ tokenizer and chat template) into `out_dir`.
 
     Accepts a `Llama` or its state dict (Kiln names). LoRA adapters must be merged first.
+    `prompt_prefix` (the ids Kiln puts before a prompt, `model.loading.prompt_prefix`) is
+    what the HF tokenizer adds as its special tokens, and `chat_bos` (SFT data encoded with
+    BOS) starts the chat template with BOS, so HF prompts are Kiln's prompts.
     """
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -199,7 +204,7 @@ def export_hf(model_or_state: nn.Module | dict[str, Tensor], cfg: ModelConfig, o
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
-    ids = _tokenizer_ids(tokenizer_dir, out) if tokenizer_dir else {}
+    ids = _tokenizer_ids(tokenizer_dir, out, prompt_prefix, chat_bos) if tokenizer_dir else {}
     config = hf_config(cfg, dtype=dtype, **{k: ids.get(k) for k in ("bos_id", "eos_id", "pad_id")})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": ids.get("bos_id"), "eos_token_id": ids.get("stop_ids") or ids.get("eos_id"),
@@ -210,17 +215,21 @@ def export_hf(model_or_state: nn.Module | dict[str, Tensor], cfg: ModelConfig, o
     return out
 
 
-def _tokenizer_ids(tokenizer_dir: str | Path, out: Path) -> dict[str, Any]:
+def _tokenizer_ids(tokenizer_dir: str | Path, out: Path, prompt_prefix: Sequence[int],
+                   chat_bos: bool) -> dict[str, Any]:
     """Write the HF tokenizer files (with a ChatML chat template when the chat tokens exist)."""
     tok = Tokenizer.load(tokenizer_dir)
-    save_hf_tokenizer(tokenizer_dir, out)
+    save_hf_tokenizer(tokenizer_dir, out, prompt_prefix=prompt_prefix)
     pad_id = tok.pad_id if tok.pad_id >= 0 else None
-    ids: dict[str, Any] = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": pad_id}
+    # HF's bos_token_id is the tokenizer's bos_token: the one-token prompt prefix when there is one.
+    bos_id = int(prompt_prefix[0]) if len(prompt_prefix) == 1 else tok.bos_id
+    ids: dict[str, Any] = {"bos_id": bos_id, "eos_id": tok.eos_id, "pad_id": pad_id}
     specials = tok.special_tokens
     if "<|im_start|>" in specials and "<|im_end|>" in specials:
         config_path = out / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["chat_template"] = CHATML_TEMPLATE
+        bos = "{{ '" + tok.id_to_token(tok.bos_id) + "' }}" if chat_bos else ""  # as `kiln.chat.encode_prompt`
+        config["chat_template"] = bos + CHATML_TEMPLATE
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         ids["stop_ids"] = [tok.eos_id, specials["<|im_end|>"]]  # a chat reply ends at <|im_end|>
     return ids

@@ -44,7 +44,8 @@ def find_tokenizer_dir(model_dir: str | Path) -> Path:
     for candidate in (p, p / "final", p / "hf", p / "tokenizer", p.parent / "tokenizer", p.parent):
         if (candidate / "tokenizer.model").is_file():
             return candidate
-    raise KilnError(f"{p}: no tokenizer.model found with the model; pass tokenizer_dir=<tokenizer artifact>")
+    raise KilnError(f"{p}: no tokenizer.model found with the model; "
+                    "give its tokenizer directory (kiln generate/chat --tokenizer DIR)")
 
 
 def load_tokenizer(directory: str | Path) -> Any:

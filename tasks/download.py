@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 from kiln.config import canonical_dict, check_path_text, path_field, runtime_field
 from kiln.errors import KilnError, TransientError, is_transient
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
-from tasks.stage import Stage
+from tasks.stage import Stage, reported
 
 STAGE = "download"
 FILES_DIR = "files"
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
 @DOWNLOAD.task
 def download_task(cfg: DownloadConfig, store_root: str) -> ArtifactRef:
     """Prefect wrapper: retried on transient (network) failures only, cached by artifact key."""
-    return download(cfg, open_store(store_root))
+    return reported(download(cfg, open_store(store_root)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 
 The artifact's ``hf/`` holds ``config.json``, ``generation_config.json``,
 ``model.safetensors`` and the tokenizer files (with a ChatML chat template when the
-tokenizer has the chat tokens); see `model.hf_interop`. After writing, the export is
+tokenizer has the chat tokens), whose tokenizer puts Kiln's prompt prefix before a
+prompt, so ``transformers`` greedy decoding equals ``kiln generate --temperature 0``;
+see `model.hf_interop`. After writing, the export is
 read back with `import_hf` and compared tensor by tensor with the source weights
 (exactly in float32, to the dtype's rounding otherwise), so a broken export never
 becomes an artifact.
@@ -22,7 +24,8 @@ import torch
 
 from kiln.errors import KilnError
 from model.hf_interop import export_hf, import_hf, load_weights
-from model.loading import find_tokenizer_dir, model_dir
+from model.loading import find_tokenizer_dir, generation_settings, load_tokenizer, model_dir, prompt_prefix
+from storage.atomic import atomic_write_text
 from storage.store import ArtifactRef, ArtifactStore, Build, open_store
 from tasks.stage import Stage, reported
 
@@ -40,7 +43,7 @@ class ExportConfig:
     """Also write the tokenizer files (tokenizer.model, tokenizer.json, tokenizer_config.json)."""
 
 
-EXPORT = Stage(STAGE, "2", ExportConfig, inputs=("model",))
+EXPORT = Stage(STAGE, "2", ExportConfig, inputs=("model",))  # 2: checksums.json; the tokenizer adds the prompt prefix
 
 
 def export(model: ArtifactRef, cfg: ExportConfig, store: ArtifactStore) -> ArtifactRef:
@@ -51,7 +54,14 @@ def export(model: ArtifactRef, cfg: ExportConfig, store: ArtifactStore) -> Artif
 def _export_into(build: Build, model: ArtifactRef, cfg: ExportConfig) -> None:
     state, model_cfg = load_weights(model_dir(model.path))
     tokenizer_dir = find_tokenizer_dir(model.path) if cfg.include_tokenizer else None
-    out = export_hf(state, model_cfg, build.dir / HF_DIR, tokenizer_dir=tokenizer_dir, dtype=cfg.dtype)
+    settings = generation_settings(model.path)
+    # The HF tokenizer starts a prompt the way `kiln generate` does (and, as `generation.json`
+    # beside the export, so does `kiln generate <export>`).
+    prefix = prompt_prefix(model.path, load_tokenizer(tokenizer_dir)) if tokenizer_dir else []
+    out = export_hf(state, model_cfg, build.dir / HF_DIR, tokenizer_dir=tokenizer_dir, dtype=cfg.dtype,
+                    prompt_prefix=prefix, chat_bos=bool(settings.get("chat_bos", False)))
+    if tokenizer_dir:
+        atomic_write_text(out / "generation.json", json.dumps({**settings, "prompt_prefix": prefix}, indent=2))
     verify_export(state, out, cfg.dtype)
     build.counts.update({"tensors": len(state), "bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file())})
     build.extra["hf_config"] = json.loads((out / "config.json").read_text())

@@ -300,8 +300,13 @@ def val_batches(dataset: PackedTokenDataset, micro_batch_size: int, n_batches: i
                 rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The first `n_batches` rank-sliced micro-batches of the split, in order (no shuffle).
 
-    Stops early (on every rank alike) when the split holds fewer sequences.
+    Stops early (on every rank alike) when the split holds fewer sequences. A split smaller
+    than one micro-batch per rank (a small chat val split packs into a few rows) is still
+    scored, in smaller batches, rather than skipped.
     """
+    micro_batch_size = min(micro_batch_size, len(dataset) // world_size)
+    if micro_batch_size < 1:
+        return
     round_size = micro_batch_size * world_size
     n = min(n_batches, len(dataset) // round_size)
     for b in range(n):

@@ -307,17 +307,18 @@ class TrainLogger:
         self.t_last, self.tokens_at_last = now, state.tokens_seen
         state.last_loss = numbers["loss"]
         run = self.cfg.run
+        # run.peak_tflops is a GPU's peak; on CPU there is no known peak, so no MFU (None, not 0.0 %).
+        utilization = (mfu(tokens_per_s / self.dist.world_size, self.model_cfg, self.cfg.data.seq_len,
+                           peak_flops=run.peak_tflops * 1e12) if self.dist.device.type == "cuda" else None)
         record = {"kind": "train", "step": state.step, **numbers, "lr": lr, "grad_norm": float(grad_norm),
-                  "tokens_per_s": tokens_per_s,
-                  "mfu": mfu(tokens_per_s / self.dist.world_size, self.model_cfg, self.cfg.data.seq_len,
-                             peak_flops=run.peak_tflops * 1e12),
+                  "tokens_per_s": tokens_per_s, "mfu": utilization,
                   "peak_mem_gb": peak_memory_gb(self.dist.device), "tokens_seen": state.tokens_seen,
                   "elapsed": state.elapsed_s}
         self.metrics.log(record)
-        log.info("step %d/%d | %s | lr %.2e | grad %.3f | %.1fk tok/s | mfu %.1f%% | mem %.2f GB | %.1fs",
+        shown_mfu = "" if utilization is None else f" | mfu {100 * utilization:.1f}%"
+        log.info("step %d/%d | %s | lr %.2e | grad %.3f | %.1fk tok/s%s | mem %.2f GB | %.1fs",
                  state.step, run.steps, " | ".join(f"{k} {v:.4f}" for k, v in numbers.items()), lr,
-                 record["grad_norm"], tokens_per_s / 1e3, 100 * record["mfu"], record["peak_mem_gb"],
-                 state.elapsed_s)
+                 record["grad_norm"], tokens_per_s / 1e3, shown_mfu, record["peak_mem_gb"], state.elapsed_s)
 
 
 # -- the loop ---------------------------------------------------------------------------------------

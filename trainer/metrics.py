@@ -3,7 +3,7 @@
 ``metrics.jsonl`` lines look like
 
     {"kind": "train", "step": 10, "loss": 5.91, "lr": 3e-4, "grad_norm": 1.2, "tokens_per_s": 41000.0,
-     "mfu": 0.31, "peak_mem_gb": 21.5, "tokens_seen": 1310720, "elapsed": 32.1}
+     "mfu": 0.31, "peak_mem_gb": 21.5, "tokens_seen": 1310720, "elapsed": 32.1}   # mfu null on CPU
     {"kind": "val", "step": 500, "val_loss": 4.02, "val_ppl": 55.7, "tokens_seen": ..., "elapsed": ...}
 
 Only rank 0 writes. Each line is flushed, so the file is readable while training
@@ -109,10 +109,28 @@ def plot_loss_curve(metrics_jsonl: str | Path, png: str | Path) -> Path | None:
     except ImportError:
         log.warning("matplotlib is not installed (pip install matplotlib); skipping %s", png)
         return None
+    fig = loss_figure(metrics_jsonl)
+    out = Path(png)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def loss_figure(metrics_jsonl: str | Path) -> Any:
+    """The loss curve's matplotlib figure: a line per kind, with a marker on every point.
+
+    The markers matter for short runs: a run of fewer steps than ``run.log_every`` (a
+    4-step DPO) logs one train point, and a one-point line without markers draws nothing.
+    """
+    import matplotlib.pyplot as plt
+
     train = read_metrics(metrics_jsonl, "train")
     val = read_metrics(metrics_jsonl, "val")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot([m["step"] for m in train], [m["loss"] for m in train], label="train", linewidth=1)
+    ax.plot([m["step"] for m in train], [m["loss"] for m in train], ".-", label="train", linewidth=1,
+            markersize=4 if len(train) < 50 else 0)
     if val:
         ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label="val", markersize=3)
     ax.set_xlabel("step")
@@ -120,9 +138,4 @@ def plot_loss_curve(metrics_jsonl: str | Path, png: str | Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(png)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return fig

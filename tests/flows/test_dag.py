@@ -46,3 +46,14 @@ def test_until_selects_a_stage_and_what_it_needs() -> None:
     assert plan(cfg, "export") == [s for s in STEPS if s not in ("generate", "evaluate")]
     with pytest.raises(KilnError, match="unknown stage 'tokenizr' for --until; stages: all, download, clean"):
         plan(cfg, "tokenizr")
+
+
+def test_each_step_runs_under_its_own_task_name() -> None:
+    """sft_download and dpo_download are the download stage; the UI must still tell the three apart."""
+    from flows.dag import step_task
+
+    for name, step in STEPS.items():
+        task = step_task(name)
+        assert task.name == name
+        assert task.fn is step.task.fn and task.cache_policy == step.task.cache_policy  # the same cached task
+    assert STEPS["sft_download"].stage is STEPS["download"].stage

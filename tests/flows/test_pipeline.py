@@ -141,3 +141,24 @@ def test_bad_config_is_one_clear_line(env, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown key 'tokenizer.vocab_sise'" in proc.stderr and "configs/demo.toml" in proc.stderr
+
+
+def _api(env: dict[str, str], path: str, body: dict[str, Any]) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(f"{env['PREFECT_API_URL']}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_download_steps_show_under_their_own_names_with_their_reports(env, tmp_path: Path) -> None:
+    """sft_download and dpo_download are the download stage, but the UI shows each under its step's name,
+    with the stage report every stage publishes."""
+    result = kiln_run(env, tmp_path, until="dpo_download")
+    key = result["stages"]["dpo_download"]["key"]
+    reports = _api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["kiln-download-report"]}}})
+    mine = [a for a in reports if a["data"].startswith(f"### download · `download/{key}`")]
+    assert mine, [a["data"][:80] for a in reports]
+    task_runs = _api(env, "/task_runs/filter", {"task_runs": {"id": {"any_": [a["task_run_id"] for a in mine]}}})
+    assert task_runs and all(run["name"].startswith("dpo_download-") for run in task_runs)

@@ -208,3 +208,12 @@ def test_source_weights_config_is_validated():
         DataSection(source_weights={"a": 1.0, "b": -0.1})
     with pytest.raises(KilnError, match="data.source_weights must have a positive sum"):
         DataSection(source_weights={"a": 0.0})
+
+
+def test_val_batches_of_a_split_smaller_than_one_round_are_smaller(numbered_data):
+    ds = PackedTokenDataset(numbered_data, T)
+    few = list(val_batches(ds, len(ds) + 10, 3))  # one micro-batch would need more rows than the split has
+    assert [x.shape[0] for x, _ in few] == [len(ds)]
+    per_rank = [list(val_batches(ds, len(ds), 3, rank=r, world_size=2)) for r in (0, 1)]
+    assert [len(b) for b in per_rank] == [1, 1]  # every rank runs as many batches (FSDP's collectives)
+    assert [int(b[0][0].shape[0]) for b in per_rank] == [len(ds) // 2] * 2

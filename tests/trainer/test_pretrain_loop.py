@@ -150,3 +150,12 @@ def test_cuda_bf16_compiled_run_learns(pattern_data, tmp_path):
     losses = train_losses(tmp_path)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert read_metrics(tmp_path / "metrics.jsonl", "train")[-1]["peak_mem_gb"] > 0
+
+
+def test_cpu_step_lines_show_no_mfu(pattern_data, tmp_path, caplog):
+    """MFU needs the device's peak FLOP/s; on CPU there is none, so neither the log nor metrics show 0.0 %."""
+    with caplog.at_level(logging.INFO, logger="trainer"):
+        assert main(train_args(pattern_data, tmp_path, "run.steps=2", "schedule.warmup_steps=1")) == 0
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 2/2 |")]
+    assert steps and "tok/s" in steps[0] and "mfu" not in steps[0]
+    assert [m["mfu"] for m in read_metrics(tmp_path / "metrics.jsonl", "train")] == [None, None]

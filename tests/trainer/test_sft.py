@@ -170,3 +170,15 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(sft_setup, tmp_pat
     assert set(merged) == set(base)  # a plain Llama again
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed == {f"{name}.weight" for name in wanted}  # everything else stayed frozen
+
+
+def test_a_val_split_smaller_than_a_micro_batch_is_still_scored(sft_setup, tok, tmp_path):
+    """The demo's chat val split packs into fewer rows than one micro-batch: SFT must still report its val loss."""
+    val_rows = len(ChatDataset(read_split(sft_setup["data"], "val"), tok, 96, packing=True))
+    assert 0 < val_rows < 8
+    args = sft_args(sft_setup, tmp_path, "data.micro_batch_size=8", "run.steps=2", "run.val_every=1",
+                    "schedule.warmup_steps=1")
+    assert main(args) == 0
+    val = read_metrics(tmp_path / "metrics.jsonl", "val")
+    assert [m["step"] for m in val] == [1, 2] and all(m["val_loss"] > 0 for m in val)
+    assert json.loads((tmp_path / "DONE.json").read_text())["val_loss"] == val[-1]["val_loss"]
