@@ -1,6 +1,6 @@
 """What verified reuse costs: the store's check of a finished artifact, warm (stats only) and cold (re-hash).
 
-    python benchmarks/store_verify.py [--gb 4] [--demo-store kiln-artifacts] [--out benchmarks/results/store_verify.json]
+    python benchmarks/store_verify.py [--gb 4] [--demo-store kiln-artifacts] [--out FILE.json]
 
 Every run of a stage first asks the store whether its artifact exists, and the store
 answers only after verifying it (`storage.local.LocalStore.check`): files whose

@@ -55,5 +55,5 @@ def test_each_step_runs_under_its_own_task_name() -> None:
     for name, step in STEPS.items():
         task = step_task(name)
         assert task.name == name
-        assert task.fn is step.task.fn and task.cache_policy == step.task.cache_policy  # the same cached task
+        assert task.fn is step.task.prefect_task.fn and task.cache_policy == step.task.cache_policy  # the same task
     assert STEPS["sft_download"].stage is STEPS["download"].stage
