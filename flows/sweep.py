@@ -34,7 +34,7 @@ def crash_abandoned_task_runs(flow_run_id: UUID | None = None) -> list[UUID]:
         ctx = FlowRunContext.get()
         if ctx is None or ctx.flow_run is None:
             return []  # not inside a flow run: nothing is ours to judge
-        flow_run_id = ctx.flow_run.id
+        flow_run_id = UUID(str(ctx.flow_run.id))
     try:
         return _sweep(flow_run_id)
     except Exception as exc:  # noqa: BLE001 -- housekeeping must not fail the run
