@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import os
 import runpy
@@ -88,6 +89,12 @@ def hold_run_dir(run_dir: str | os.PathLike[str]) -> Iterator[None]:
                     raise KilnError(f"another trainer is already building {path} (pid {holder or 'unknown'}); "
                                     f"wait for it or kill it") from None
                 time.sleep(0.1)
+            except OSError as exc:  # a file system without flock (some network mounts): run unguarded, say so
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    raise
+                print(f"warning: {path}: cannot lock the run directory ({exc.strerror}); make sure no other "
+                      f"trainer builds it", file=sys.stderr)
+                break
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
