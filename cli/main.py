@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. pretrain.run.steps=50 (repeatable)")
     run.add_argument("--until", default="all", help="run only this stage and what it needs (default: all)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary (states, artifacts) as JSON")
+    run.add_argument("--debug", action="store_true",
+                     help="show Prefect's full log of a failure (tracebacks) before the kiln: error line")
 
     run.add_argument("--dask-address", metavar="HOST:PORT",
                      help="run the data stages on an existing Dask cluster (sets clean/pretokenize dask_address)")
@@ -107,6 +109,10 @@ def _run(args: argparse.Namespace) -> int:
     # The embedded Prefect server's first start runs database migrations, which can take
     # longer than Prefect's 20 s default on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # The embedded server's telemetry service writes to its SQLite database while the server
+    # starts up and fails with "database is locked" tracebacks (and, offline, "Failed to send
+    # telemetry" errors) on a normal run. Set PREFECT_SERVER_ANALYTICS_ENABLED=true to keep it.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.dag import plan
     from tasks.pipeline_config import load_pipeline_config
 
@@ -116,6 +122,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from flows.pipeline import pipeline
 
+    if not args.debug:
+        from cli.quiet import quiet_kiln_errors
+
+        quiet_kiln_errors()  # a KilnError is our one line below, not Prefect's tracebacks above it
     summary: dict[str, Any] = pipeline(config=args.config, overrides=args.overrides, until=args.until)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.sweep import crash_abandoned_task_runs
 from kiln.errors import KilnError
 from storage.store import ArtifactRef, open_store
 from tasks.clean import clean_task
@@ -164,6 +165,7 @@ class DagResult:
 
 def run_dag(config: str, overrides: Sequence[str] = (), until: str = "all") -> DagResult:
     """Run the stages `until` needs (call from inside a flow); records the run for `kiln artifacts gc`."""
+    crash_abandoned_task_runs()  # a crashed earlier attempt's task runs must not stay "Running"
     cfg = load_pipeline_config(config, overrides)
     root = open_store(cfg.store.root or None).location  # a URL for object stores, so remote workers agree
     result = DagResult()

@@ -11,6 +11,10 @@ the trainer's output lines to the Prefect logger and to ``train.log``, turns a
 failure into a `KilnError` carrying the trainer's last lines, and reads the typed
 ``DONE.json`` (`trainer.summary.TrainSummary`).
 
+The trainer dies with the stage's process (a ``kill -9`` of the flow run leaves no
+orphan training on) and holds its run directory for its whole life, so two trainers
+never build one directory at once (`trainer.lifeline`).
+
 The build directory survives a failure, so a rerun of the stage relaunches the
 trainer in the same directory and it resumes from its newest valid checkpoint.
 After success only the newest `launch.keep_checkpoints` checkpoints are kept (by step:
@@ -47,6 +51,7 @@ from storage.atomic import atomic_write_text
 from storage.store import Build
 from trainer.checkpoint import CHECKPOINTS, list_checkpoints
 from trainer.config import LaunchSection
+from trainer.lifeline import PARENT_ENV
 from trainer.loop import RUN_LOGS as TRAINER_RUN_LOGS
 from trainer.summary import TrainSummary
 
@@ -95,7 +100,8 @@ def launch_command(module: str, launch: LaunchSection, config_path: Path) -> lis
     trainer = ["-m", module, "--config", str(config_path)]
     if not launch.use_torchrun:
         return [sys.executable, *trainer]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    # torchrun's agent runs under trainer.lifeline, so it dies with this process like a plain trainer does.
+    return [sys.executable, "-m", "trainer.lifeline", "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={launch.nproc_per_node}", *trainer]
 
 
@@ -125,7 +131,7 @@ def _logger() -> Any:
 def run_trainer(cmd: list[str], log_path: Path) -> None:
     """Run the trainer, streaming its output to the logger and `log_path`; KilnError on a non-zero exit."""
     logger = _logger()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()),  # the trainer dies with us
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     reason = ""

@@ -63,6 +63,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection
 from trainer.data import TokenLoader
+from trainer.lifeline import die_with_parent, hold_run_dir
 from trainer.metrics import MetricsLogger, peak_memory_gb, plot_loss_curve, truncate_after
 from trainer.optim import build_optimizer
 from trainer.parallelize import DistEnv, autocast_context, compute_dtype, init_distributed
@@ -451,11 +452,18 @@ def parse_args(argv: list[str] | None, config_type: type[Any], prog: str, descri
 
 
 def run_main(argv: list[str] | None, recipe: type[Recipe[Any]], module_doc: str | None) -> int:
-    """The CLI of every recipe: 0 ok, 2 config/data error (one line), 75 stopped early (rerun resumes)."""
+    """The CLI of every recipe: 0 ok, 2 config/data error (one line), 75 stopped early (rerun resumes).
+
+    Every rank dies with the process that launched it, and rank 0 holds the run directory
+    for the whole run (`trainer.lifeline`): no orphaned or concurrent trainers.
+    """
+    die_with_parent()
     try:
         cfg = parse_args(argv, recipe.config_type, f"python -m trainer.{recipe.kind}",
                          (module_doc or "").split("\n")[0])
-        train(cfg, recipe)
+        rank0 = int(os.environ.get("RANK", 0)) == 0
+        with hold_run_dir(cfg.run.out_dir) if rank0 and cfg.run.out_dir else contextlib.nullcontext():
+            train(cfg, recipe)
     except KilnError as exc:
         setup_logging(int(os.environ.get("RANK", 0)))
         log.error("error: %s", exc)

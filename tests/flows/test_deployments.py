@@ -214,6 +214,89 @@ def test_ui_run_fails_in_pretrain_then_ui_retry_resumes_it_then_run_is_all_cache
           f"cached run {time.monotonic() - started - failed_s - retried_s:.0f}s")
 
 
+def trainer_pids(marker: str) -> list[int]:
+    """Live ``trainer.pretrain`` processes whose command line mentions `marker` (their store)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"trainer.pretrain" in args and any(marker.encode() in a for a in args) and state != "Z":
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_worker_side_kill_9_takes_the_trainer_along_and_ui_retry_trains_each_step_once(
+    server: dict[str, Any], client: Any, tmp_path: Path
+) -> None:
+    """kill -9 of the flow-run process mid-pretrain (issue 14.5): the run is Crashed, its trainer dies with
+    it, Retry resumes from the checkpoint alone in the build directory, and no task run stays Running."""
+    import os
+    import signal
+
+    store = tmp_path / "artifacts"  # a store of its own: the other test counts the artifacts in the shared one
+    try:
+        _kill_mid_pretrain_then_retry(server, client, store)
+    finally:  # whatever happened, no trainer of this test outlives it
+        for pid in trainer_pids(str(store)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _kill_mid_pretrain_then_retry(server: dict[str, Any], client: Any, store: Path) -> None:
+    import os
+    import signal
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    demo = client.read_deployment_by_name("kiln-pipeline/demo")
+    overrides = [*SHRINK, "pretrain.run.steps=400", "pretrain.checkpoint.every_steps=20", "pretrain.run.log_every=5",
+                 "pretrain.run.val_every=400"]
+    run = client.create_flow_run_from_deployment(demo.id, parameters={"overrides": overrides, "until": "pretrain"},
+                                                 job_variables={"env": {"KILN_HOME": str(store)}})
+    deadline = time.monotonic() + 400
+    while True:  # until the trainer has checkpointed at least once and is training on
+        partials = list((store / "pretrain").glob(".partial-*")) if (store / "pretrain").is_dir() else []
+        trainers = trainer_pids(str(store))
+        if partials and trainers and (partials[0] / "checkpoints" / "step-00000020").is_dir():
+            break
+        state = client.read_flow_run(run.id).state
+        assert not state.is_final(), f"{state.name} before the kill:\n{worker_log(server)}"
+        assert time.monotonic() < deadline, f"no pretrain checkpoint:\n{worker_log(server)}"
+        time.sleep(0.2)
+    (trainer,) = trainers
+    flow_process = parent_of(trainer)  # run_trainer runs in the flow-run process
+    os.kill(flow_process, signal.SIGKILL)
+    crashed = wait_final(client, run.id, server, timeout=120)
+    assert crashed.state.type == StateType.CRASHED, worker_log(server)
+    time.sleep(5)  # the old behaviour: the orphan would still be training now
+    assert trainer_pids(str(store)) == [], "the trainer outlived its flow-run process"
+
+    retry_at = client.read_flow_run(run.id).state.timestamp
+    client.set_flow_run_state(run.id, State(type=StateType.SCHEDULED, name="AwaitingRetry",
+                                            message="Retry from the UI"), force=False)
+    run = wait_final(client, run.id, server)
+    assert run.state.type == StateType.COMPLETED, worker_log(server)
+    assert stage_states(client, run.id, since=retry_at)["pretrain"] == "Completed"
+    (pretrain,) = [p.parent for p in (store / "pretrain").glob("[!.]*/manifest.json")]
+    assert json.loads((pretrain / "manifest.json").read_text())["training"]["resumed"] is True
+    steps = [json.loads(line)["step"] for line in (pretrain / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line).get("kind") == "train"]
+    assert steps == list(range(5, 401, 5)), "a step is missing or was trained twice"
+    # The killed attempt's task runs did not stay Running: the retry marked them Crashed.
+    task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                                      limit=200, offset=0)
+    assert not [r.name for r in task_runs if r.state_type in (StateType.RUNNING, StateType.PENDING)]
+    assert any(r.name.startswith("pretrain") and r.state_type == StateType.CRASHED for r in task_runs)
+
+
 REPORT_FLOW = textwrap.dedent("""
     import sys
     from pathlib import Path

@@ -70,5 +70,5 @@ def test_launch_command_runs_any_recipe(tmp_path):
     one = launch_command("trainer.dpo", LaunchSection(), tmp_path / "c.json")
     assert one[1:] == ["-m", "trainer.dpo", "--config", str(tmp_path / "c.json")]
     two = launch_command("trainer.sft", LaunchSection(nproc_per_node=2), tmp_path / "c.json")
-    assert two[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert two[5:7] == ["-m", "trainer.sft"]
+    assert two[1:7] == ["-m", "trainer.lifeline", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert two[7:9] == ["-m", "trainer.sft"]

@@ -233,5 +233,6 @@ def test_launch_command_picks_python_for_one_process(tmp_path: Path) -> None:
     assert one[1:3] == ["-m", "trainer.pretrain"]
     four = launch_command("trainer.pretrain", PretrainConfig(launch=LaunchSection(nproc_per_node=4)).launch,
                           tmp_path / "c.json")
-    assert four[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
-    assert four[5:7] == ["-m", "trainer.pretrain"]
+    assert four[1:7] == ["-m", "trainer.lifeline", "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node=4"]
+    assert four[7:9] == ["-m", "trainer.pretrain"]
