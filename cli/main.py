@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     if not args.debug:
-        from cli.quiet import quiet_kiln_errors
+        from flows.quiet import quiet_kiln_errors
 
         quiet_kiln_errors()  # a KilnError is our one line below, not Prefect's tracebacks above it
     summary: dict[str, Any] = pipeline(config=args.config, overrides=args.overrides, until=args.until)

@@ -1,5 +1,5 @@
 """What `kiln run` prints: a failing stage is one ``kiln: error:`` line and no traceback; a normal run no
-SQLite "database is locked" traces (cli.quiet, and the telemetry default in cli.main).
+SQLite "database is locked" traces (flows.quiet, and the telemetry default in cli.main).
 
 The end-to-end runs go through the real CLI in subprocesses, as a user runs it, with Prefect's
 default INFO logging (the test session sets WARNING for everything else).
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cli.quiet import KilnErrorFilter
+from flows.quiet import KilnErrorFilter
 from kiln.errors import KilnError
 from tests.conftest import REPO_ROOT
 from tests.prefect_server import server_env

@@ -278,6 +278,14 @@ def _kill_mid_pretrain_then_retry(server: dict[str, Any], client: Any, store: Pa
     assert crashed.state.type == StateType.CRASHED, worker_log(server)
     time.sleep(5)  # the old behaviour: the orphan would still be training now
     assert trainer_pids(str(store)) == [], "the trainer outlived its flow-run process"
+    # Two reports of the crash arrive: the runner's, then the worker's once it reaps the process
+    # (seconds later on a loaded box). A Retry between them is itself marked Crashed by the
+    # second, so, as a user who waits for the UI to settle, retry only after both.
+    reaped = f"Reported flow run '{run.id}' as crashed: Flow run infrastructure exited"
+    deadline = time.monotonic() + 120
+    while reaped not in (server["home"] / "worker.log").read_text():
+        assert time.monotonic() < deadline, f"the worker never reaped the killed process:\n{worker_log(server)}"
+        time.sleep(0.5)
 
     retry_at = client.read_flow_run(run.id).state.timestamp
     client.set_flow_run_state(run.id, State(type=StateType.SCHEDULED, name="AwaitingRetry",
