@@ -111,6 +111,11 @@ def wait_final(client: Any, flow_run_id: Any, server: dict[str, Any], timeout: f
         time.sleep(1)
 
 
+def worker_exit_lines(server: dict[str, Any]) -> int:
+    """How many abnormal flow-run process exits the worker has finished handling."""
+    return (server["home"] / "worker.log").read_text().count("prefect.flow_runs.worker - Check whether")
+
+
 def worker_log(server: dict[str, Any]) -> str:
     return (server["home"] / "worker.log").read_text()[-6000:]
 
@@ -272,6 +277,7 @@ def _kill_mid_pretrain_then_retry(server: dict[str, Any], client: Any, store: Pa
         assert time.monotonic() < deadline, f"no pretrain checkpoint:\n{worker_log(server)}"
         time.sleep(0.2)
     (trainer,) = trainers
+    exits_before = worker_exit_lines(server)
     flow_process = parent_of(trainer)  # run_trainer runs in the flow-run process
     os.kill(flow_process, signal.SIGKILL)
     crashed = wait_final(client, run.id, server, timeout=120)
@@ -279,11 +285,11 @@ def _kill_mid_pretrain_then_retry(server: dict[str, Any], client: Any, store: Pa
     time.sleep(5)  # the old behaviour: the orphan would still be training now
     assert trainer_pids(str(store)) == [], "the trainer outlived its flow-run process"
     # Two reports of the crash arrive: the runner's, then the worker's once it reaps the process
-    # (seconds later on a loaded box). A Retry between them is itself marked Crashed by the
-    # second, so, as a user who waits for the UI to settle, retry only after both.
-    reaped = f"Reported flow run '{run.id}' as crashed: Flow run infrastructure exited"
+    # (seconds later on a loaded box). A Retry between them is itself marked Crashed by the second,
+    # so, as a user who waits for the UI to settle, retry only once the worker is done with the
+    # exit: its last word on it is the exit code's resolution line, logged after its proposal.
     deadline = time.monotonic() + 120
-    while reaped not in (server["home"] / "worker.log").read_text():
+    while worker_exit_lines(server) <= exits_before:
         assert time.monotonic() < deadline, f"the worker never reaped the killed process:\n{worker_log(server)}"
         time.sleep(0.5)
 
