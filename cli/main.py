@@ -103,6 +103,9 @@ def _check_path_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if isinstance(value, str):
             check_path_text(value, f"--{name.replace('_', '-')}" if name in ("root", "summary_json") else name)
+    for name in ("KILN_HOME", "PREFECT_HOME"):  # where the store and Prefect's database go
+        if name in os.environ:
+            check_path_text(os.environ[name], f"${name}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -165,6 +168,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _use_model(args: argparse.Namespace) -> int:
     from cli.chat import chat_loop, generate_text
+    from storage.local import artifact_problem
+
+    if (problem := artifact_problem(args.model)) is not None:
+        raise KilnError(f"{problem}; rerun the stage that built {args.model} to rebuild it")
 
     sampling = {"tokenizer_dir": args.tokenizer, "system_prompt": args.system, "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
@@ -202,14 +209,11 @@ def _artifacts(args: argparse.Namespace) -> int:
 
 
 def _find(store: Any, text: str) -> Any:
-    """Resolve ``stage/key`` or a unique key prefix to a complete artifact."""
+    """Resolve ``stage/key`` or a unique key prefix to an artifact with a manifest."""
     matches = [m for m in store.list() if f"{m['stage']}/{m['key']}".startswith(text) or m["key"].startswith(text)]
     if len(matches) != 1:
         raise KilnError(f"artifact {text!r}: {len(matches)} matches; give <stage>/<key> (see kiln artifacts ls)")
-    ref = store.get(matches[0]["stage"], matches[0]["key"])
-    if ref is None:
-        raise KilnError(f"artifact {text!r} is incomplete; rerun its stage")
-    return ref
+    return store.ref(matches[0]["stage"], matches[0]["key"])  # --verify names any damage
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ from prefect import flow
 from flows.dag import run_dag
 
 
-@flow(name="kiln-pipeline", log_prints=True, persist_result=False)  # results are refs into the store
+def kiln_flow(name: str) -> Any:
+    """The decorator of every kiln flow. Results are artifact refs and summaries, re-checked against the
+    store on each run, so none is persisted; what Prefect writes anyway (a failed flow's exception, which
+    it always saves) is JSON, never a pickle."""
+    return flow(name=name, log_prints=True, persist_result=False, result_serializer="json")
+
+
+@kiln_flow("kiln-pipeline")
 def pipeline(
     config: str = "configs/demo.toml", overrides: list[str] | None = None, until: str = "all"
 ) -> dict[str, Any]:

@@ -91,6 +91,21 @@ def _local_path(root: str | os.PathLike) -> Path:
     return Path(text.removeprefix("file://") if text.startswith("file://") else text).resolve()
 
 
+def artifact_problem(path: str | os.PathLike) -> str | None:
+    """If `path` is a local artifact directory or lies inside one (e.g. a training artifact's ``final/``),
+    why that artifact fails its store check (`LocalStore.check`); None if it passes or is no artifact.
+
+    For readers handed a path rather than a ref (``kiln generate <dir>``): the model's own checksums
+    catch damage, this also catches weights rewritten together with their checksums.
+    """
+    here = Path(path).resolve()
+    for candidate in (here, *list(here.parents)[:2]):
+        if (candidate / MANIFEST).is_file() and not candidate.name.startswith("."):
+            ref = ArtifactRef(candidate.parent.name, candidate.name, str(candidate))
+            return LocalStore(candidate.parent.parent).check(ref)
+    return None
+
+
 def build_error(partial: Path, exc: OSError) -> KilnError:
     """One line for an OSError escaping a stage: a full or read-only disk names the file (else the build
     directory) being written; a failure on any other file (an input that is unreadable or missing) names it."""

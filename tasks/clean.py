@@ -31,6 +31,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from kiln.config import canonical_dict, path_field, runtime_field
@@ -162,9 +163,22 @@ def _clean_into(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> None:
     for stray in build.dir.rglob(".*.tmp"):  # temp files of writes a kill interrupted
         stray.unlink()
     report = json.loads((build.dir / REPORT_JSON).read_text(encoding="utf-8"))
+    if report["total"]["docs_out"] == 0 and not cfg.allow_empty_sources:
+        _fail_on_nothing_kept(build.dir, report)
     build.counts.update(flat_counts(report))
     build.extra["run"] = run  # timings live in the manifest, never in the data or report files
     log.info("clean: %d documents in, %d out", report["total"]["docs_in"], report["total"]["docs_out"])
+
+
+def _fail_on_nothing_kept(build_dir: Path, report: dict[str, Any]) -> None:
+    """Every document was dropped: an artifact of no documents would only fail the tokenizer later,
+    with a hint ("run the clean stage") that misleads. Name the drop reasons instead."""
+    total = report["total"]
+    reasons = sorted(total["dropped"].items(), key=lambda kv: -kv[1])
+    why = ", ".join(f"{reason} {n}" for reason, n in reasons[:4]) or "none recorded"
+    raise KilnError(f"{build_dir / REPORT_JSON}: clean kept 0 of {total['docs_in']} documents (dropped: {why}); "
+                    "loosen clean.filters (e.g. clean.min_chars) or check the inputs, or set "
+                    "clean.allow_empty_sources = true to accept an empty corpus")
 
 
 def _units(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> list[Unit]:

@@ -136,6 +136,7 @@ class StageTask:
             name=stage.name,
             cache_policy=NO_CACHE,
             persist_result=False,
+            result_serializer="json",  # should Prefect ever write a result, it is not a pickle
             retries=stage.retries,
             retry_delay_seconds=5 if stage.retries else 0,
             retry_condition_fn=_retry_if_transient,

@@ -14,3 +14,28 @@ def test_eval_counts_print_as_integers_and_losses_with_four_decimals(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval ")]
     assert lines == ["eval seq_len: 256", "eval val_loss: 7.5023", "eval val_ppl: 1812.2554",
                      "eval val_tokens: 20480", "eval sft_val_tokens: 8"]
+
+
+def test_a_control_character_in_kiln_home_is_one_error_line(capsys, monkeypatch, tmp_path):
+    from cli.main import main
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "a\x01b"))
+    assert main(["artifacts", "ls"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kiln: error: $KILN_HOME contains control character U+0001")
+    assert not (tmp_path / "a\x01b").exists()
+
+
+def test_verify_names_the_damaged_or_added_file(capsys, tmp_path):
+    from cli.main import main
+    from storage.store import open_store
+
+    store = open_store(tmp_path / "store")
+    ref = store.produce("s", "1", {}, [], lambda b: (b.dir / "data.txt").write_text("good"))
+    root = ["--root", str(store.root)]
+    assert main([*root, "artifacts", "show", f"s/{ref.key}", "--verify"]) == 0
+    (ref.path / "extra.txt").write_text("added")
+    capsys.readouterr()
+    assert main([*root, "artifacts", "show", f"s/{ref.key}", "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "extra.txt: not listed in the manifest" in err

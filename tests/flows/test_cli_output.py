@@ -8,6 +8,7 @@ default INFO logging (the test session sets WARNING for everything else).
 from __future__ import annotations
 
 import bz2
+import json
 import logging
 import sqlite3
 import subprocess
@@ -48,6 +49,11 @@ def test_a_failing_stage_is_one_error_line_and_debug_shows_the_traceback(tmp_pat
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("malformed dump XML") == 1, proc.stderr  # Prefect's own lines do not repeat it
     assert "Task run 'clean-" in proc.stderr  # the progress lines stay: they say which stage failed
+    # Prefect always saves a failed flow's exception; it must be JSON, never a pickle (issue 14.4).
+    saved = list((Path(env["PREFECT_HOME"]) / "storage").glob("*"))
+    assert saved, "Prefect saved nothing: the check below would be empty"
+    for path in saved:
+        assert json.loads(path.read_bytes())["__exc_type__"] == "kiln.errors.KilnError", path.read_bytes()[:200]
 
     debug = kiln(env, "run", str(config), "--until", "clean", "--debug")
     assert debug.returncode == 2

@@ -419,3 +419,16 @@ def _zst_lines(path: Path) -> Iterator[str]:
 def test_shipped_data_configs_parse(path: Path) -> None:
     cfg = load_pipeline_config(path)
     assert cfg.clean.filters.min_chars is not None
+
+
+def test_a_corpus_whose_every_document_is_dropped_fails_naming_the_reasons(store: ArtifactStore,
+                                                                           tiny_raw: ArtifactRef) -> None:
+    """Not a 0-document artifact that the tokenizer later refuses with "run the clean stage first"."""
+    cfg = CleanConfig(filters=replace(FilterConfig(), min_chars=10**6, max_chars=None))
+    with pytest.raises(KilnError, match=r"report\.json: clean kept 0 of 1 documents \(dropped: too_short 1\); "
+                                        r"loosen clean\.filters") as info:
+        clean(tiny_raw, cfg, store)
+    assert "\n" not in str(info.value)
+    assert not [p for p in (store.root / "clean").iterdir() if not p.name.startswith(".")]  # no artifact
+    ref = clean(tiny_raw, replace(cfg, allow_empty_sources=True), store)  # an empty corpus, on purpose
+    assert store.manifest(ref)["counts"]["documents"] == 0

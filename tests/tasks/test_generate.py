@@ -8,6 +8,7 @@ these tests need no training run.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -104,4 +105,29 @@ def test_kiln_generate_refuses_damaged_weights_in_one_line(refs, tmp_path, capsy
     capsys.readouterr()
     assert main(["generate", str(copy), "Hello", "--max-new-tokens", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("kiln: error: ") and "model.safetensors: does not match" in err
+    assert err.count("\n") == 0 and err.startswith("kiln: error: ")
+    assert re.search(r"final/model\.safetensors: (content )?does not match", err), err
+
+
+def test_kiln_generate_checks_the_artifact_manifest_too(refs, tmp_path, capsys) -> None:
+    """Weights rewritten together with their checksums.json still differ from the store's manifest."""
+    import shutil
+
+    from cli.main import main
+    from model.integrity import write_checksums
+
+    _, model_ref, tok_ref = refs
+    store_dir = tmp_path / "store" / "pretrain"
+    copy = store_dir / model_ref.key
+    shutil.copytree(model_ref.path, copy)
+    shutil.copytree(tok_ref.path, tmp_path / "store" / "pretrain" / "tokenizer")  # found beside the model
+    final = copy / "final"
+    data = bytearray((final / "model.safetensors").read_bytes())
+    data[-100] ^= 0x01
+    (final / "model.safetensors").write_bytes(bytes(data))
+    write_checksums(final, ["model.safetensors", "config.json"])  # a consistent tamper of the model dir
+    for path in (copy, final):
+        capsys.readouterr()
+        assert main(["generate", str(path), "Hello", "--max-new-tokens", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("kiln: error: ") and "final/" in err
