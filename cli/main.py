@@ -123,8 +123,10 @@ def _run(args: argparse.Namespace) -> int:
         args.overrides += [f"clean.dask_address={args.dask_address}", f"pretokenize.dask_address={args.dask_address}"]
     plan(load_pipeline_config(args.config, args.overrides), args.until)  # fail fast, before Prefect starts
 
+    from flows.ephemeral import server_dies_with_this_process
     from flows.pipeline import pipeline
 
+    server_dies_with_this_process()  # a kill -9 of kiln run leaves no temporary Prefect server behind
     if not args.debug:
         from flows.quiet import quiet_kiln_errors
 

@@ -41,7 +41,7 @@ import runpy
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.errors import KilnError
@@ -60,15 +60,28 @@ def die_with_parent() -> bool:
     expected = os.environ.get(PARENT_ENV, "")
     if not expected.isdigit() or not sys.platform.startswith("linux"):
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    parent_death_signal(signal.SIGKILL)()
     if os.getppid() != int(expected):  # the parent died before the signal was armed: nobody will stop us
         with contextlib.suppress(OSError):
             print(f"error: the launching process {expected} is gone; not training as an orphan", file=sys.stderr)
         os._exit(EXIT_ORPHANED)
     return True
+
+
+def parent_death_signal(sig: int) -> Callable[[], None]:
+    """A function that, called in a (child) process, has the kernel send it `sig` when its parent dies.
+
+    libc is resolved here, in the caller, so that the returned function is safe to run as a
+    ``subprocess.Popen(preexec_fn=...)`` between fork and exec (no dynamic loading there). Linux only.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+
+    return arm
 
 
 @contextlib.contextmanager
