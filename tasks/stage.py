@@ -9,7 +9,7 @@
     def clean_task(raw: ArtifactRef, cfg: CleanConfig, store_root: str) -> ArtifactRef: ...
 
 One method, `Stage.key_material`, turns (config, input refs) into what the artifact
-key hashes; the store call, the Prefect cache policy and `kiln plan` all go through
+key hashes; the store call, the Prefect task's lookup (`Stage.find`) and `kiln plan` all go through
 it, so the UI can never show Cached for an artifact the store would build differently.
 
 Whether a stage has work to do is decided by the store alone, never by Prefect's
