@@ -44,6 +44,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ DEFAULT_ROOT = "kiln-artifacts"
 RUNS_LOG = "runs.jsonl"
 CORRUPT_PREFIX = ".corrupt-"
 log = logging.getLogger("kiln.store")
+_BUILT_HERE: ContextVar[set[str] | None] = ContextVar("kiln_built_here", default=None)
+
+
+@contextlib.contextmanager
+def record_builds() -> Iterator[set[str]]:
+    """Collect the ``stage/key`` of every artifact finalized in this context (thread) while the block runs.
+
+    Lets a caller tell "built it" from "found it finished by another run" after waiting on its lock.
+    """
+    built: set[str] = set()
+    token = _BUILT_HERE.set(built)
+    try:
+        yield built
+    finally:
+        _BUILT_HERE.reset(token)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -333,6 +349,8 @@ class LocalStore:
         if final.exists():  # a stale incomplete directory (manifest lost): replace it
             shutil.rmtree(final)
         os.rename(build.dir, final)
+        if (built := _BUILT_HERE.get()) is not None:
+            built.add(f"{build.stage}/{build.key}")
         # Just hashed: record the stats so the next run's check need not hash again.
         signatures = {rel: _stat_signature((final / rel).stat()) for rel in {**files, **logs}}
         atomic_write_text(final / STAT_CACHE, json.dumps(signatures))

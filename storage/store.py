@@ -28,6 +28,7 @@ from storage.local import (
     LocalStore,
     content_sha256,
     manifest_files,
+    record_builds,
     sha256_file,
 )
 from storage.ref import ArtifactRef, artifact_key, is_remote_url
@@ -36,7 +37,7 @@ from storage.remote import RemoteStore
 __all__ = [
     "DEFAULT_ROOT", "MANIFEST", "RUNS_LOG", "UNITS_DIR", "ArtifactRef", "ArtifactStore", "Build", "content_sha256",
     "manifest_files", "LocalStore", "RemoteStore", "artifact_key", "default_location", "is_remote_url", "open_store",
-    "sha256_file",
+    "record_builds", "sha256_file",
 ]
 
 

@@ -40,7 +40,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.errors import KilnError, is_transient
-from storage.store import MANIFEST, ArtifactRef, ArtifactStore, Build, artifact_key, manifest_files, open_store
+from storage.store import (
+    MANIFEST,
+    ArtifactRef,
+    ArtifactStore,
+    Build,
+    artifact_key,
+    manifest_files,
+    open_store,
+    record_builds,
+)
 
 # Every task wrapper takes the stage's inputs (in declaration order), then these two.
 TASK_PARAMS = ("cfg", "store_root")
@@ -144,12 +153,16 @@ class StageTask:
 
     def run_unless_stored(self, *args: Any, **kwargs: Any) -> Any:
         """The task body: a Cached state holding the stored artifact's ref, else the stage's result."""
-        ref = self.stage.find(self.signature.bind(*args, **kwargs).arguments)
-        if ref is None:
-            return self.fn(*args, **kwargs)
         from prefect.states import Completed
 
-        return Completed(name="Cached", data=ref, message=f"{ref} is in the store (verified); nothing to do")
+        ref = self.stage.find(self.signature.bind(*args, **kwargs).arguments)
+        if ref is not None:
+            return Completed(name="Cached", data=ref, message=f"{ref} is in the store (verified); nothing to do")
+        with record_builds() as built:
+            ref = self.fn(*args, **kwargs)
+        if str(ref) not in built:  # another run finished it while this one waited for the key's lock
+            return Completed(name="Cached", data=ref, message=f"{ref} was built meanwhile by another run")
+        return ref
 
     @functools.cached_property
     def signature(self) -> inspect.Signature:

@@ -96,3 +96,21 @@ def test_missing_required_or_unknown_input_is_an_error() -> None:
         stage.key({}, {"b": upstream("b")})
     with pytest.raises(KilnError, match="unknown inputs"):
         stage.key({}, {"a": upstream("a"), "c": upstream("c")})
+
+
+def test_a_task_that_finds_its_artifact_built_meanwhile_reports_cached(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs at once: the one that waited on the key's lock built nothing, so it must not say Completed."""
+    cfg = load_pipeline_config(REPO_ROOT / "configs" / "demo.toml",
+                               [f'download.sources=[{{name="a.jsonl", url="{tmp_path / "a.jsonl"}"}}]']).download
+    (tmp_path / "a.jsonl").write_text('{"text": "a"}\n')
+    store = open_store(tmp_path / "store")
+    built = download_task.run_unless_stored(cfg, str(store.root))  # builds: the plain ref (Completed)
+    assert isinstance(built, ArtifactRef)
+    again = download_task.run_unless_stored(cfg, str(store.root))  # found before running
+    assert again.name == "Cached" and "is in the store" in again.message
+    # The other run's build finishes while this one waits: its lookup said "missing", produce found it.
+    monkeypatch.setattr(Stage, "find", lambda self, params: None)
+    waited = download_task.run_unless_stored(cfg, str(store.root))
+    assert waited.name == "Cached" and "built meanwhile" in waited.message
+    assert waited.data == built  # the ref travels in the state, for the next stage
