@@ -14,28 +14,20 @@ Cost: one streaming sha256 pass over the weights (measured in the README).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from kiln.errors import KilnError
+from kiln.hashing import sha256_file
 
 CHECKSUMS = "checksums.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_checksums(directory: str | Path, names: Iterable[str]) -> None:
     """Record the sha256 of files `names` of `directory` (call after they are written, before publishing)."""
     d = Path(directory)
-    sums = {name: _sha256(d / name) for name in sorted(names)}
+    sums = {name: sha256_file(d / name) for name in sorted(names)}
     (d / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
 
 
@@ -58,6 +50,6 @@ def verify_checksums(directory: str | Path, *, required: bool) -> None:
         raise KilnError(f"{path}: unreadable ({exc}); rebuild the model artifact (rerun its stage)") from None
     for name, digest in items:
         f = d / name
-        if not f.is_file() or _sha256(f) != digest:
+        if not f.is_file() or sha256_file(f) != digest:
             raise KilnError(f"{f}: does not match its sha256 in {CHECKSUMS} (damaged or changed after it was "
                             "written); rebuild the model artifact (rerun its stage)")

@@ -52,6 +52,7 @@ from typing import Any
 from kiln import __version__
 from kiln.config import canonical_dict, canonical_json
 from kiln.errors import KilnError
+from kiln.hashing import sha256_file
 from storage.atomic import atomic_write_text, disk_error
 from storage.ref import ArtifactRef, artifact_key
 
@@ -77,15 +78,6 @@ def record_builds() -> Iterator[set[str]]:
         yield built
     finally:
         _BUILT_HERE.reset(token)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Streaming sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_files(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -298,10 +290,10 @@ class LocalStore:
         if (ref := self.get(stage, key)) is not None:
             return ref
         with self.lock(stage, key):
-            if (ref := self.get(stage, key)) is not None:  # another run finished it meanwhile
-                return ref
             final = self.ref(stage, key)
-            if final.path.exists() and (problem := self.check(final)) is not None:
+            if final.path.exists():  # finished meanwhile by another run, or damaged (or left without a manifest)
+                if (problem := self.check(final)) is None:
+                    return final
                 self.set_aside(final, problem)
             partial = self.partial_dir(stage, key)
             try:
@@ -345,9 +337,7 @@ class LocalStore:
             **build.extra,
         }
         atomic_write_text(build.dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
-        final = self.final_dir(build.stage, build.key)
-        if final.exists():  # a stale incomplete directory (manifest lost): replace it
-            shutil.rmtree(final)
+        final = self.final_dir(build.stage, build.key)  # absent: `produce` set any earlier one aside
         os.rename(build.dir, final)
         if (built := _BUILT_HERE.get()) is not None:
             built.add(f"{build.stage}/{build.key}")
