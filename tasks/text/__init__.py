@@ -2,12 +2,12 @@
 
 - `mediawiki`: stream pages out of MediaWiki XML dumps (bz2/gz/plain, multistream ranges).
 - `wikitext`: wiki markup -> plain text (`clean_wikitext`), plus `markup_residue` to measure it.
-- `chinese`: zhwiki language-variant markup and Traditional -> Simplified conversion.
+- `chinese`: zhwiki language-variant markup, page conversion rules, Traditional -> Simplified.
 
 Plain library code: no Prefect or Dask here; `tasks/clean.py` wires it into a stage.
 """
 
-from tasks.text.chinese import strip_variant_markup, to_simplified
+from tasks.text.chinese import simplify_page, strip_variant_markup, to_simplified
 from tasks.text.mediawiki import (
     WikiPage,
     iter_pages,
@@ -27,6 +27,7 @@ __all__ = [
     "iter_pages_in_range",
     "markup_residue",
     "read_multistream_index",
+    "simplify_page",
     "stream_ranges",
     "strip_variant_markup",
     "to_simplified",

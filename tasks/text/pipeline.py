@@ -9,11 +9,12 @@ document, its exact-dedup hash, MinHash signature, characters and UTF-8 bytes; p
 (`tasks.text.assemble`) reads those small columns without the text.
 
 Per document: MediaWiki pages are rendered to plain text (`clean_wikitext`; for ``zh*``
-wikis variant markup is resolved first and the result converted to Simplified), other
-formats keep their text with outer whitespace stripped; then the quality filters run,
-every drop counted with its reason per source. The first `FilterConfig.keep_dropped`
-documents each rule drops (in document order) go to ``dropped.parquet``, with their reason;
-`assemble.write_dropped` merges the units' samples into the artifact's ``dropped/``.
+wikis `chinese.simplify_page` resolves variant markup and page conversion rules first and
+converts the result to Simplified), other formats keep their text with outer whitespace
+stripped; then the quality filters run, every drop counted with its reason per source.
+The first `FilterConfig.keep_dropped` documents each rule drops (in document order) go to
+``dropped.parquet``, with their reason; `assemble.write_dropped` merges the units' samples
+into the artifact's ``dropped/``.
 """
 
 from __future__ import annotations
@@ -141,9 +142,10 @@ def _render(page: WikiPage, options: WikitextOptions, zh: bool) -> tuple[str, st
     """Plain text and title of a page; Chinese wikis: variant markup resolved, then Simplified."""
     if not zh:
         return clean_wikitext(page.text, options), page.title
-    from tasks.text.chinese import strip_variant_markup, to_simplified  # OpenCC: an optional extra
+    from tasks.text.chinese import simplify_page  # OpenCC: an optional extra
 
-    return to_simplified(clean_wikitext(strip_variant_markup(page.text), options)), to_simplified(page.title)
+    # NoteTA rules are read and variant markup resolved before clean_wikitext drops templates.
+    return simplify_page(page.text, page.title, lambda text: clean_wikitext(text, options))
 
 
 def _pages(unit: Unit) -> Iterator[WikiPage]:
