@@ -15,7 +15,13 @@ a killed stage reruns only what is missing and writes byte-identical shards:
 3. write the final shards (`tasks.text.assemble.write_shard`), in parallel.
 
 Units run serially or on Dask (`tasks.runner`); the result never depends on which,
-nor on the number of workers. The artifact holds ``docs/part-<input>-<k>.parquet``,
+nor on the number of workers. Document ids are ``<source>/<label>/<key>``: the label names
+the input file, unique among the run's inputs (`units.input_labels`: ``00`` alone,
+``a/00`` and ``b/00`` for two ``00.jsonl.zst`` in different folders), the key is the
+record's own id (wiki page id, WuDao ``id``, JSON-lines ``id``) or its position (the Pile's
+line), so ids are unique across inputs by construction and the same on every rerun.
+
+The artifact holds ``docs/part-<input>-<k>.parquet``,
 optionally ``jsonl/part-<input>-<k>-<j>.jsonl.zst``, ``dropped/<reason>.parquet`` (the first
 `filters.keep_dropped` documents each filter rule or dedup step dropped, in input order, same
 schema as ``docs/``), and ``report.json`` + ``report.md`` (per source: documents and characters
@@ -135,7 +141,7 @@ def key_config(cfg: CleanConfig) -> dict[str, Any]:
     return data
 
 
-CLEAN = Stage(STAGE, "2", CleanConfig, inputs=("raw",), key_config=key_config)
+CLEAN = Stage(STAGE, "3", CleanConfig, inputs=("raw",), key_config=key_config)
 
 
 def clean(raw: ArtifactRef, cfg: CleanConfig, store: ArtifactStore) -> ArtifactRef:

@@ -15,6 +15,9 @@ The artifact key covers the URLs and checksums, plus a fingerprint of local
 files (content for small ones, size and mtime for large ones), so replacing a
 local file is noticed.
 
+With no sources the artifact is empty (a corpus read in place through ``clean.inputs``
+needs nothing fetched); `pipeline_config.check_data` refuses a config with no data at all.
+
 Wikipedia dumps: `wikipedia_sources("zh", "20240601")` gives the sources of a
 ``pages-articles-multistream`` dump and its index in the standard dumps.wikimedia.org
 layout, with the sha1 and md5 the mirror publishes; ``python -m tasks.download
@@ -82,8 +85,9 @@ class DownloadConfig:
     """Socket timeout for one HTTP read."""
 
     def __post_init__(self) -> None:
-        if not self.sources:
-            raise KilnError("download.sources is empty: add at least one [[download.sources]] with name and url")
+        # No sources is allowed: a pipeline whose corpus is all `clean.inputs` (read in place) then gets an
+        # empty artifact, at no cost, and the DAG keeps its shape. `pipeline_config.check_data` says when
+        # a config has nothing to read at all.
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise KilnError(f"download.sources: duplicate names in {names}")

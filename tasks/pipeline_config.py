@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.config import load_config, path_field
+from kiln.errors import KilnError
 from tasks.clean import CleanConfig
 from tasks.download import DownloadConfig
 from tasks.dpo import DPOStageConfig
@@ -38,7 +39,8 @@ class StoreConfig:
 class PipelineConfig:
     """Every stage's settings; stages read only their own section."""
 
-    download: DownloadConfig
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    """Files to fetch; none (no ``[download]`` section) when the corpus is all ``clean.inputs``."""
     store: StoreConfig = field(default_factory=StoreConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -59,4 +61,22 @@ class PipelineConfig:
 
 def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Read a pipeline TOML file plus ``section.key=value`` overrides."""
-    return load_config(PipelineConfig, path, overrides)
+    cfg = load_config(PipelineConfig, path, overrides)
+    check_data(cfg, str(path))
+    return cfg
+
+
+def check_data(cfg: PipelineConfig, where: str) -> None:
+    """A `KilnError` naming `where` unless the config names a corpus, and each post-training section its files.
+
+    Checked here, not in `DownloadConfig`, because an empty ``[download]`` is fine when ``clean.inputs``
+    names the corpus; and here the message can name the config file.
+    """
+    if not cfg.download.sources and not cfg.clean.inputs:
+        raise KilnError(f"{where}: no pretraining data: add [[download.sources]] (name, url) to fetch files, "
+                        'or clean.inputs = ["/path/*.jsonl.zst"] under [clean] to read them in place')
+    for name in ("sft_download", "dpo_download"):
+        section = getattr(cfg, name)
+        if section is not None and not section.sources:
+            raise KilnError(f"{where}: [{name}] has no sources: add [[{name}.sources]] with name and url, "
+                            "or remove the section")

@@ -37,7 +37,7 @@ from storage.documents import DOC_FIELDS, DOC_SCHEMA, normalize_doc
 from tasks.text.dedup import MinHasher, exact_hash
 from tasks.text.filters import FilterConfig, FilterStats, SourceCounts, apply_filters
 from tasks.text.mediawiki import WikiPage, iter_pages, iter_pages_from_stream, iter_pages_in_range
-from tasks.text.sources import OnError, iter_jsonl, iter_pile, iter_wudao
+from tasks.text.sources import OnError, doc_id, iter_jsonl, iter_pile, iter_wudao
 from tasks.text.units import Unit, is_local, local_path
 from tasks.text.wikitext import WikitextOptions, clean_wikitext
 
@@ -112,11 +112,13 @@ def read_unit(unit: Unit, settings: UnitSettings, counts: Counter[str]) -> Itera
         yield from _wiki_docs(unit, settings.wikitext, counts)
         return
     if f.fmt == "wudao":
-        docs = iter_wudao(f.path, on_error=settings.on_error, stats=counts)
+        docs = iter_wudao(f.path, label=f.label, on_error=settings.on_error, stats=counts)
     elif f.fmt == "pile":
-        docs = iter_pile(f.path, sets=settings.pile_sets or None, on_error=settings.on_error, stats=counts)
+        docs = iter_pile(f.path, sets=settings.pile_sets or None, label=f.label, on_error=settings.on_error,
+                         stats=counts)
     else:
-        docs = iter_jsonl(f.path, settings.text_key, source=f.source, on_error=settings.on_error, stats=counts)
+        docs = iter_jsonl(f.path, settings.text_key, source=f.source, label=f.label, on_error=settings.on_error,
+                          stats=counts)
     for doc in docs:
         doc["text"] = doc["text"].strip()
         yield doc
@@ -129,7 +131,9 @@ def _wiki_docs(unit: Unit, options: WikitextOptions, counts: Counter[str]) -> It
         counts["wikitext_chars"] += len(page.text)
         text, title = _render(page, options, zh)
         yield {
-            "id": f"{f.source}/{page.id}",
+            # Page ids are unique within one wiki only: two dumps of it (dates, or a wiki whose
+            # language the file name does not say) must not share ids, so the file's label qualifies them.
+            "id": doc_id(f.source, f.label, page.id),
             "source": f.source,
             "title": title,
             "text": text,

@@ -11,6 +11,12 @@ skipped and counted in ``stats`` (never a silent loss). A broken file (truncated
 corrupt compressed stream, WuDao array never closed) always raises: the download is
 incomplete and should be fetched again.
 
+Ids are ``<source>/<label>/<key>``: `label` names the file (its stem by default; the clean
+stage passes `units.input_labels`, unique among all inputs of a run), `key` is the record's
+own id (WuDao ``id``, JSON lines `id_key`) with ``%`` and ``/`` percent-encoded, else its
+position (WuDao record index, 1-based line number). Neither a source nor a key holds a
+``/``, so documents of two files with different labels never share an id.
+
 Usage::
 
     for path in expand_inputs("s3://bucket/wudao/*.json"):
@@ -114,7 +120,11 @@ def iter_source(path: str | os.PathLike[str], fmt: str | None = None, **kwargs: 
 
 
 def iter_wudao(
-    path: str | os.PathLike[str], *, on_error: OnError = "raise", stats: Counter[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    label: str | None = None,
+    on_error: OnError = "raise",
+    stats: Counter[str] | None = None,
 ) -> Iterator[Doc]:
     """WuDao records (a JSON array, or JSON lines, of ``{id, dataType, title, content}``) as documents.
 
@@ -127,6 +137,7 @@ def iter_wudao(
     _check_on_error(on_error)
     stats = stats if stats is not None else Counter()
     name = _basename(path)
+    label = label or _stem(name)
     with _open_decompressed(path) as raw:
         scanner = _JsonScanner(raw, str(path))
         try:
@@ -134,7 +145,7 @@ def iter_wudao(
                 if rec is _SKIPPED:
                     stats["skipped_bad_json"] += 1
                     continue
-                doc = _wudao_doc(rec, name, index)
+                doc = _wudao_doc(rec, name, label, index)
                 if doc is not None:
                     yield doc
                 elif on_error == "skip":
@@ -154,14 +165,15 @@ def iter_wudao(
             raise KilnError(f"{path}: {exc}; fix or remove the file, or set on_error='skip'") from None
 
 
-def _wudao_doc(rec: Any, name: str, index: int) -> Doc | None:
+def _wudao_doc(rec: Any, name: str, label: str, index: int) -> Doc | None:
     if not isinstance(rec, dict) or not isinstance(rec.get("content"), str):
         return None
     rid = rec.get("id")
     data_type = rec.get("dataType") or ""
     return {
-        # WuDao ids are unique across the corpus; a record without one gets a stable positional id.
-        "id": f"wudao/{rid}" if rid is not None else f"wudao/{_stem(name)}/{index}",
+        # WuDao's ids are per file, not unique across the corpus's files: the label qualifies them.
+        # A record without one gets its position.
+        "id": doc_id("wudao", label, rid if rid is not None else index),
         "source": "wudao",
         "title": str(rec.get("title") or ""),
         "text": rec["content"],
@@ -402,17 +414,19 @@ def iter_pile(
     path: str | os.PathLike[str],
     *,
     sets: Collection[str] | None = None,
+    label: str | None = None,
     on_error: OnError = "raise",
     stats: Counter[str] | None = None,
 ) -> Iterator[Doc]:
     """The Pile's ``{"text", "meta": {"pile_set_name"}}`` lines as documents, optionally only some sets.
 
+    The Pile has no ids: a document's is its file's `label` and line, ``pile/00/17``.
     Documents of other sets are counted in ``stats["filtered_pile_set"]``.
     """
     stats = stats if stats is not None else Counter()
     wanted = frozenset(sets) if sets is not None else None
     name = _basename(path)
-    stem = _stem(name)
+    label = label or _stem(name)
     for lineno, rec in _iter_json_lines(path, on_error, stats):
         text = rec.get("text") if isinstance(rec, dict) else None
         if not isinstance(text, str):
@@ -424,7 +438,7 @@ def iter_pile(
             stats["filtered_pile_set"] += 1
             continue
         yield {
-            "id": f"pile/{stem}/{lineno}",
+            "id": doc_id("pile", label, lineno),
             "source": "pile",
             "title": "",
             "text": text,
@@ -441,17 +455,19 @@ def iter_jsonl(
     title_key: str | None = "title",
     url_key: str | None = "url",
     source: str | None = None,
+    label: str | None = None,
     on_error: OnError = "raise",
     stats: Counter[str] | None = None,
 ) -> Iterator[Doc]:
     """Generic JSON lines (plain, ``.zst`` or ``.gz``): `text_key` is the text, other fields go to meta.
 
-    `source` defaults to the file stem; ids are ``<source>/<id field>``, or the line
-    number when the record has no `id_key`.
+    `source` and `label` default to the file stem; ids are ``<source>/<label>/<id field>``,
+    or the line number when the record has no `id_key`.
     """
     stats = stats if stats is not None else Counter()
     name = _basename(path)
     source = source or _stem(name)
+    label = label or _stem(name)
     taken = {text_key, id_key, title_key, url_key}
     for lineno, rec in _iter_json_lines(path, on_error, stats):
         text = rec.get(text_key) if isinstance(rec, dict) else None
@@ -462,13 +478,19 @@ def iter_jsonl(
         meta = {k: v for k, v in rec.items() if k not in taken}
         meta["file"] = name
         yield {
-            "id": f"{source}/{rid if rid is not None else lineno}",
+            "id": doc_id(source, label, rid if rid is not None else lineno),
             "source": source,
             "title": str(rec.get(title_key) or "") if title_key else "",
             "text": text,
             "url": str(rec.get(url_key) or "") if url_key else "",
             "meta": meta,
         }
+
+
+def doc_id(source: str, label: str, key: Any) -> str:
+    """``<source>/<label>/<key>`` with ``%`` and ``/`` of the key percent-encoded, so that the last
+    ``/`` always ends the label: ids of files with different labels cannot meet."""
+    return f"{source}/{label}/{str(key).replace('%', '%25').replace('/', '%2F')}"
 
 
 def _iter_json_lines(path: str | os.PathLike[str], on_error: OnError, stats: Counter[str]) -> Iterator[tuple[int, Any]]:

@@ -47,6 +47,9 @@ class InputFile:
     """``mediawiki``, ``wudao``, ``pile`` or ``jsonl``."""
     source: str
     """The documents' ``source`` field: ``wiki-<lang>``, ``wudao``, ``pile`` or a JSON-lines file's stem."""
+    label: str
+    """Names the file in its documents' ids (``<source>/<label>/<key>``), unique among the run's inputs
+    (`input_labels`)."""
     language: str
     """Wiki language code (from the dump name, else the configured one); empty for other formats."""
     size: int
@@ -84,11 +87,42 @@ def discover_inputs(local: Sequence[Path], patterns: Sequence[str], language: st
     for path in paths:  # a mislabeled file is named now, not later as malformed XML or corrupt data
         check_compression(path)
     files = []
-    for i, path in enumerate(dumps):
+    for i, (path, label) in enumerate(zip(dumps, input_labels(dumps), strict=True)):
         fmt = detect_format(path)
         lang = wiki_language(path, language) if fmt == "mediawiki" else ""
-        files.append(InputFile(i, path, fmt, source_name(path, fmt, lang), lang, _size(path), indexes.get(path, "")))
+        source = source_name(path, fmt, lang)
+        files.append(InputFile(i, path, fmt, source, label, lang, _size(path), indexes.get(path, "")))
     return files
+
+
+def input_labels(paths: Sequence[str]) -> list[str]:
+    """Per path, the file's stem behind as few of its folders as tell it from every other path.
+
+    ``/data/pile/00.jsonl.zst`` alone is ``00``; beside ``/data/more/00.jsonl.zst`` the two are
+    ``pile/00`` and ``more/00``. Labels are trailing path parts, not whole paths, so ids do not
+    change with where the store or the corpus is mounted. A path no trailing parts tell apart
+    (alike part for part but for the suffix or URL scheme: ``a.jsonl`` and ``a.jsonl.gz``; or the
+    whole of it ends another path) falls back to the whole path, unique because `discover_inputs`
+    refuses a path listed twice.
+    """
+    parts = [tuple(_path_parts(p)) for p in paths]
+    labels: list[str | None] = [None] * len(paths)
+    for k in range(1, max(map(len, parts), default=0) + 1):
+        seen = Counter(p[-k:] for p in parts)
+        for i, mine in enumerate(parts):
+            if labels[i] is None and k <= len(mine) and seen[mine[-k:]] == 1:
+                labels[i] = "/".join(mine[-k:])
+        if all(labels):
+            break
+    # A whole path starts with "/" or holds "://": no label made of trailing parts looks like it.
+    return [label or path for label, path in zip(labels, paths, strict=True)]
+
+
+def _path_parts(path: str) -> list[str]:
+    """The folders and the file's stem of a path or URL (scheme, query and empty parts dropped)."""
+    rest = path.split("://", 1)[-1].split("?", 1)[0]
+    parts = [p for p in rest.split("/") if p]
+    return [*parts[:-1], stem(parts[-1])] if parts else []
 
 
 def plan_units(inputs: Sequence[InputFile], streams_per_unit: int) -> list[Unit]:

@@ -8,6 +8,7 @@ which runs the DAG once anyway.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,11 @@ import pytest
 
 from cli.main import main
 from storage.store import open_store
+from tasks.clean import clean
 from tasks.download import download
 from tasks.pipeline_config import load_pipeline_config
 from tests.conftest import REPO_ROOT
+from tests.tasks.test_clean import pile_record, prose, write_pile
 
 DEMO = str(REPO_ROOT / "configs" / "demo.toml")
 
@@ -85,3 +88,41 @@ def test_bad_until_is_one_line_before_prefect_starts(command: str, tmp_path: Pat
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("kiln: error: unknown stage 'tokenizr'")
     assert "stages: all, download, clean, tokenizer, pretokenize" in proc.stderr
     assert not (tmp_path / "prefect").exists() and not (tmp_path / "store").exists()  # no server, no flow run
+
+
+def test_a_config_of_inputs_read_in_place_needs_no_download_sources(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """No ``[download]`` section: the download stage is an empty artifact, clean reads `clean.inputs`,
+    and the clean key follows the input files (a changed file shows in the plan)."""
+    (tmp_path / "pile").mkdir()
+    pile = write_pile(tmp_path / "pile" / "00.jsonl.zst", [pile_record(prose(i)) for i in range(3)])
+    config = tmp_path / "in_place.toml"
+    config.write_text(f'[clean]\ninputs = ["{tmp_path / "pile" / "*.jsonl.zst"}"]\nnear_dedup = false\n')
+    store = tmp_path / "store"
+    assert parse_plan(plan(store, capsys, str(config), "--until", "clean")) == {"download": "+", "clean": "+"}
+
+    cfg = load_pipeline_config(config)
+    ref = clean(download(cfg.download, open_store(store)), cfg.clean, open_store(store))  # the stage functions
+    assert open_store(store).manifest(ref)["counts"]["documents"] == 3
+    assert parse_plan(plan(store, capsys, str(config), "--until", "clean")) == {"download": "=", "clean": "="}
+
+    write_pile(pile, [pile_record(prose(i)) for i in range(4)])
+    out = plan(store, capsys, str(config), "--until", "clean")
+    assert parse_plan(out) == {"download": "=", "clean": "~"} and "~ clean.input_fingerprints: " in out
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[clean]\nmin_chars = 10\n", r"no pretraining data: add \[\[download\.sources\]\] \(name, url\) to fetch "
+                                    r'files, or clean\.inputs = \["/path/\*\.jsonl\.zst"\] under \[clean\]'),
+    ("[download]\nsources = []\n", "no pretraining data"),
+    ('[clean]\ninputs = ["/x/*.jsonl"]\n[sft_download]\nsources = []\n',
+     r"\[sft_download\] has no sources: add \[\[sft_download\.sources\]\] with name and url, or remove the section"),
+])
+def test_a_config_without_data_is_one_line_naming_it(text: str, says: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "nothing.toml"
+    config.write_text(text)
+    assert main(["--root", str(tmp_path / "store"), "plan", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"kiln: error: {config}: ")
+    assert re.search(says, err), err

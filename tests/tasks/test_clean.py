@@ -252,7 +252,7 @@ def test_wudao_and_pile_inputs_with_pile_set_filter(store: ArtifactStore, enwiki
     ref = clean(raw_artifact(store, enwiki_sample), cfg, store)
     docs = docs_of(ref)
     by_source = {s: [d for d in docs if d["source"] == s] for s in ("wiki-en", "wudao", "pile")}
-    assert [d["id"] for d in by_source["wudao"]] == ["wudao/7"] and by_source["wudao"][0]["title"] == "标题"
+    assert [d["id"] for d in by_source["wudao"]] == ["wudao/part-0/7"] and by_source["wudao"][0]["title"] == "标题"
     assert json.loads(by_source["wudao"][0]["meta"]) == {"dataType": "百科", "file": wudao.name}
     assert [json.loads(d["meta"])["pile_set_name"] for d in by_source["pile"]] == ["Pile-CC", "ArXiv"]
     report = json.loads((ref.path / "report.json").read_text())
@@ -260,6 +260,45 @@ def test_wudao_and_pile_inputs_with_pile_set_filter(store: ArtifactStore, enwiki
     assert report["sources"]["wudao"]["dropped"] == {"too_short": 1}
     assert [r["file"] for r in report["inputs"]] == ["dump.xml.bz2", "part-0.json", "00.jsonl.zst"]
     assert [p.name for p in doc_shards(ref.path)][-2:] == ["part-0001-00000.parquet", "part-0002-00000.parquet"]
+
+
+def write_same_names_in_two_folders(root: Path, enwiki_sample: Path) -> None:
+    """Folders ``a`` and ``b``, each with a Pile, a WuDao, a JSON-lines file and a wiki dump of the same
+    names, whose records have the same ids and line numbers: only the folder tells them apart."""
+    for n, folder in enumerate(("a", "b")):
+        (root / folder).mkdir()
+        write_pile(root / folder / "00.jsonl.zst", [pile_record(prose(10 * n + i)) for i in range(3)])
+        write_wudao(root / folder / "part-0.json", [
+            {"id": i, "dataType": "百科", "title": "t", "content": hanzi_prose(10 * n + i)} for i in range(2)])
+        lines = [{"id": "x/1", "text": prose(100 + n)}, {"text": prose(200 + n)}]
+        (root / folder / "notes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+        (root / folder / ENWIKI_DUMP).write_bytes(enwiki_sample.read_bytes())
+
+
+ENWIKI_DUMP = "enwiki-sample.xml.bz2"
+
+
+def test_same_file_names_in_two_folders_keep_distinct_ids_on_any_rerun(tmp_path: Path, enwiki_sample: Path) -> None:
+    write_same_names_in_two_folders(tmp_path, enwiki_sample)
+    cfg = CleanConfig(inputs=(str(tmp_path / "a"), str(tmp_path / "b")), **KEEP_ALL)
+    first = open_store(tmp_path / "s1")
+    docs = docs_of(clean(download(DownloadConfig(), first), cfg, first))
+    ids = [d["id"] for d in docs]
+    wiki = sum(d["source"] == "wiki-en" for d in docs)
+    assert wiki > 100 and len(docs) == 2 * (3 + 2 + 2) + wiki and len(set(ids)) == len(ids)
+    for folder in ("a", "b"):
+        assert {f"pile/{folder}/00/1", f"wudao/{folder}/part-0/0", f"notes/{folder}/notes/x%2F1",
+                f"notes/{folder}/notes/2", f"wiki-en/{folder}/enwiki-sample/12"} <= set(ids)
+    # A fresh store (so nothing comes from a cache), on Dask with two workers: the same ids in the same order.
+    second = open_store(tmp_path / "s2")
+    again = clean(download(DownloadConfig(), second), replace(cfg, engine="dask", workers=2), second)
+    assert [d["id"] for d in docs_of(again)] == ids
+
+
+def test_a_lone_file_keeps_its_short_id(store: ArtifactStore, tmp_path: Path) -> None:
+    pile = write_pile(tmp_path / "07.jsonl.zst", [pile_record(prose(1)), pile_record(prose(2))])
+    ref = clean(download(DownloadConfig(), store), CleanConfig(inputs=(str(pile),), **KEEP_ALL), store)
+    assert [d["id"] for d in docs_of(ref)] == ["pile/07/1", "pile/07/2"]
 
 
 def edited(text: str, every: int = 400) -> str:
@@ -339,7 +378,7 @@ def test_wudao_skip_drops_only_the_malformed_record(store: ArtifactStore, tiny_r
     path.write_text("[" + ", ".join(parts) + "]", encoding="utf-8")
     cfg = CleanConfig(inputs=(str(path),), on_error="skip", **KEEP_ALL)
     ref = clean(tiny_raw, cfg, store)
-    assert [d["id"] for d in docs_of(ref) if d["source"] == "wudao"] == [f"wudao/{i}" for i in range(12) if i != 4]
+    assert [d["id"] for d in docs_of(ref) if d["source"] == "wudao"] == [f"wudao/wd/{i}" for i in range(12) if i != 4]
     assert store.manifest(ref)["counts"]["skipped_bad_json"] == 1
 
 

@@ -79,7 +79,7 @@ def test_wudao_multi_mb_file_streams_across_chunk_boundaries(tmp_path: Path, sma
     docs = list(iter_wudao(path))
     assert [d["text"] for d in docs] == [r["content"] for r in records]
     assert docs[3] == {
-        "id": "wudao/1003", "source": "wudao", "title": "标题3", "text": records[3]["content"], "url": "",
+        "id": "wudao/part-001/1003", "source": "wudao", "title": "标题3", "text": records[3]["content"], "url": "",
         "meta": {"dataType": records[3]["dataType"], "file": "part-001.json"},
     }
 
@@ -105,7 +105,7 @@ def test_wudao_reads_json_lines_pretty_arrays_bom_and_empty_files(tmp_path: Path
     bom = tmp_path / "bom.json"
     bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False).encode("utf-8"))
     for path in (lines, pretty, bom):
-        assert [d["id"] for d in iter_wudao(path)] == [f"wudao/{r['id']}" for r in records], path.name
+        assert [d["id"] for d in iter_wudao(path)] == [f"wudao/{path.stem}/{r['id']}" for r in records], path.name
     assert list(iter_wudao(write_wudao(tmp_path / "empty.json", []))) == []
     (tmp_path / "blank.json").write_text("  \n")
     assert list(iter_wudao(tmp_path / "blank.json")) == []
@@ -133,7 +133,7 @@ def test_wudao_malformed_record_and_skip_mode(tmp_path: Path, small_chunks: None
     stats: Counter[str] = Counter()
     docs = list(iter_wudao(path, on_error="skip", stats=stats))
     # Only the damaged record is lost: parsing resumes at the next one.
-    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for r in records if r["id"] != 1020]
+    assert [d["id"] for d in docs] == [f"wudao/broken/{r['id']}" for r in records if r["id"] != 1020]
     assert stats == Counter({"skipped_bad_json": 1})
 
 
@@ -173,7 +173,7 @@ def test_wudao_skip_loses_only_the_malformed_record(tmp_path: Path, small_chunks
         list(iter_wudao(path))
     stats: Counter[str] = Counter()
     docs = list(iter_wudao(path, on_error="skip", stats=stats))
-    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for i, r in enumerate(records) if i != k]
+    assert [d["id"] for d in docs] == [f"wudao/damaged/{r['id']}" for i, r in enumerate(records) if i != k]
     assert [d["text"] for d in docs] == [r["content"] for i, r in enumerate(records) if i != k]
     assert stats == Counter({"skipped_bad_json": 1})
 
@@ -187,14 +187,14 @@ def test_wudao_skip_in_json_lines_and_after_a_bad_separator(tmp_path: Path, smal
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     stats: Counter[str] = Counter()
     docs = list(iter_wudao(path, on_error="skip", stats=stats))
-    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for i, r in enumerate(records) if i not in (4, 20)]
+    assert [d["id"] for d in docs] == [f"wudao/lines/{r['id']}" for i, r in enumerate(records) if i not in (4, 20)]
     assert stats == Counter({"skipped_bad_json": 2})
     text = json.dumps(records, ensure_ascii=False)
     cut = text.index(', {"id": 1011')
     (tmp_path / "sep.json").write_text(text[:cut] + " ;" + text[cut + 1 :], encoding="utf-8")
     stats = Counter()
     docs = list(iter_wudao(tmp_path / "sep.json", on_error="skip", stats=stats))
-    assert [d["id"] for d in docs] == [f"wudao/{r['id']}" for r in records]  # the stray ';' is all that is lost
+    assert [d["id"] for d in docs] == [f"wudao/sep/{r['id']}" for r in records]  # the stray ';' is all that is lost
     assert stats == Counter({"skipped_bad_json": 1})
 
 
@@ -246,7 +246,7 @@ def test_wudao_through_fsspec_url() -> None:
     url = f"memory://kiln-test-{uuid.uuid4().hex}/wudao/part.json"
     with fsspec.open(url, "w", encoding="utf-8") as f:
         json.dump(wudao_records(3), f, ensure_ascii=False)
-    assert [d["id"] for d in iter_wudao(url)] == ["wudao/1000", "wudao/1001", "wudao/1002"]
+    assert [d["id"] for d in iter_wudao(url)] == ["wudao/part/1000", "wudao/part/1001", "wudao/part/1002"]
 
 
 # ---------------------------------------------------------------- The Pile and JSON lines
@@ -321,14 +321,24 @@ def test_jsonl_generic_gz_with_custom_keys(tmp_path: Path) -> None:
         f.write(json.dumps({"body": "second"}) + "\n")
     docs = list(iter_jsonl(path, text_key="body", id_key="uid"))
     assert docs == [
-        {"id": "notes/a1", "source": "notes", "title": "", "text": "hello", "url": "",
+        {"id": "notes/notes/a1", "source": "notes", "title": "", "text": "hello", "url": "",
          "meta": {"lang": "en", "file": "notes.jsonl.gz"}},
-        {"id": "notes/2", "source": "notes", "title": "", "text": "second", "url": "",
+        {"id": "notes/notes/2", "source": "notes", "title": "", "text": "second", "url": "",
          "meta": {"file": "notes.jsonl.gz"}},
     ]
     path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(KilnError, match=r"notes\.jsonl\.gz: line \d+: corrupt or truncated gzip.*re-download"):
         list(iter_jsonl(path, text_key="body"))
+
+
+def test_a_record_id_with_a_slash_cannot_pose_as_another_files_id(tmp_path: Path) -> None:
+    """Label ``a`` with record id ``b/1`` and label ``a/b`` with line 1 would both be ``x/a/b/1``."""
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"id": "b/1", "text": "t"}) + "\n" + json.dumps({"id": "50%", "text": "u"}) + "\n"
+                    + json.dumps({"text": "v"}) + "\n")
+    assert [d["id"] for d in iter_jsonl(path, source="x", label="a")] == ["x/a/b%2F1", "x/a/50%25", "x/a/3"]
+    assert [d["id"] for d in iter_jsonl(path, source="x", label="a/b", id_key=None)] == ["x/a/b/1", "x/a/b/2",
+                                                                                       "x/a/b/3"]
 
 
 # ---------------------------------------------------------------- formats and inputs
