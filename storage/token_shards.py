@@ -11,11 +11,16 @@ One shard is a directory holding
 
 Readers memory-map ``tokens.bin``: the OS pages data in on demand and shares the
 pages between data-loader workers and ranks, so memory does not grow with them.
+
+Counts and offsets are Python ints or int64 everywhere (a shard or a split may hold more
+than 2**32 tokens); `TokenShard.open` refuses an index of any other dtype rather than
+read positions that wrapped.
 """
 
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +60,7 @@ class TokenShardWriter:
         self.dtype = token_dtype(vocab_size)
         self.vocab_size, self.eos_id, self.bos_id = vocab_size, eos_id, bos_id
         self.meta = dict(meta or {})
-        self.offsets: list[int] = [0]
+        self.offsets = array("q", [0])  # int64, 8 bytes a document (a list of ints costs ~36)
         self.source_tokens: dict[str, int] = {}
         self._ctx = atomic_path(self.dir / TOKENS_FILE)
         self._tmp = self._ctx.__enter__()
@@ -77,7 +82,7 @@ class TokenShardWriter:
         self._fh.close()
         self._ctx.__exit__(None, None, None)
         with atomic_path(self.dir / INDEX_FILE) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(self.offsets, dtype=np.int64))
+            np.save(fh, np.frombuffer(self.offsets, dtype=np.int64))
         manifest = {
             "dtype": self.dtype.str,
             "n_docs": len(self.offsets) - 1,
@@ -125,14 +130,22 @@ class TokenShard:
             manifest = json.loads((d / SHARD_MANIFEST).read_text())
             index = np.load(d / INDEX_FILE, mmap_mode="r")
             n = manifest["n_tokens"]
+            if type(n) is not int or n < 0:  # a float count loses exactness past 2**53
+                raise ValueError(f"n_tokens {n!r} is not a token count")
             tokens = (
                 np.memmap(d / TOKENS_FILE, dtype=np.dtype(manifest["dtype"]), mode="r", shape=(n,))
                 if n
                 else np.zeros(0, dtype=np.dtype(manifest["dtype"]))
             )
+            size = (d / TOKENS_FILE).stat().st_size if n else 0
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise KilnError(f"{d}: incomplete or corrupt token shard ({exc}); rerun pretokenize") from None
-        if len(index) != manifest["n_docs"] + 1 or int(index[-1]) != n:
+        if index.dtype != np.int64:  # an int32/uint32 index wraps past 2**31/2**32 tokens
+            raise KilnError(f"{d}: {INDEX_FILE} holds {index.dtype} offsets, not int64; rerun pretokenize")
+        if size != n * tokens.itemsize:
+            raise KilnError(f"{d}: {TOKENS_FILE} has {size} bytes, the manifest's {n} tokens need "
+                            f"{n * tokens.itemsize}; rerun pretokenize")
+        if not len(index) or len(index) != manifest["n_docs"] + 1 or int(index[0]) != 0 or int(index[-1]) != n:
             raise KilnError(f"{d}: index does not match tokens.bin; rerun pretokenize")
         return cls(d, tokens, index, manifest)
 

@@ -173,6 +173,19 @@ def tokenize_shard(job: ShardJob) -> dict[str, Any]:
     }
 
 
+def combine_units(per_shard: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's totals from each unit's counts (`tokenize_shard`'s result, read back from its marker).
+
+    Plain Python sums of ints, exact at any size (a few thousand shards pass 2**32 tokens), where a
+    numpy sum of a uint32/int32 column would wrap and uint64 mixed with int64 would turn float64.
+    """
+    totals: dict[str, Any] = {key: sum(int(c[key]) for c in per_shard)
+                              for key in per_shard[0] if key != "tokens_per_source"}
+    totals["tokens_per_source"] = _merge_counts(c["tokens_per_source"] for c in per_shard)
+    totals["shards"] = len(per_shard)
+    return totals
+
+
 def _merge_counts(parts: Any) -> dict[str, int]:
     total: dict[str, int] = {}
     for part in parts:
@@ -197,10 +210,7 @@ def _pretokenize_into(build: Build, docs: ArtifactRef, tokenizer: ArtifactRef, c
     with runner.open_runner(engine, cfg.workers, cfg.dask_address) as units:
         # each shard is marked done as soon as it lands, so a killed stage redoes only the rest
         units.run(tokenize_shard, [(_unit(job.index), (job,)) for job in jobs], build.mark_done)
-    per_shard = [build.unit_info(_unit(i)) for i in range(len(shards))]
-    totals: dict[str, Any] = {key: sum(c[key] for c in per_shard) for key in per_shard[0] if key != "tokens_per_source"}
-    totals["tokens_per_source"] = _merge_counts(c["tokens_per_source"] for c in per_shard)
-    totals["shards"] = len(shards)
+    totals = combine_units([build.unit_info(_unit(i)) for i in range(len(shards))])
     _write_meta(build, tok, tokenizer, cfg, shards, totals)
     elapsed = time.monotonic() - started
     build.counts.update(totals)

@@ -54,6 +54,23 @@ def store(tmp_path: Path):
     return open_store(tmp_path / "artifacts")
 
 
+@pytest.fixture
+def sparse_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh directory whose filesystem keeps holes, for shards of > 2**32 tokens that take ~no disk
+    (`tests.storage.sparse_shards`): `tmp_path`, else one in /dev/shm; the test skips if neither does."""
+    from tests.storage.sparse_shards import keeps_holes
+
+    if keeps_holes(tmp_path):
+        yield tmp_path
+        return
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and keeps_holes(shm):
+        with tempfile.TemporaryDirectory(dir=shm, prefix="kiln-sparse-") as d:
+            yield Path(d)
+        return
+    pytest.skip(f"neither {tmp_path} nor /dev/shm keeps sparse files: a > 2**32-token shard would take 8+ GB")
+
+
 @pytest.fixture(scope="session")
 def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tokenizer artifact, trained once per session: a 1000-piece BPE with the chat tokens

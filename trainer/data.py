@@ -70,8 +70,9 @@ class PackedTokenDataset:
 
     def window(self, index: int) -> np.ndarray:
         """Tokens ``[i, i + seq_len + 1)`` of sequence `index` (a view into the memmap)."""
+        index = int(index)  # a numpy uint64 meeting int64 promotes to float64 (inexact past 2**53)
         k = int(np.searchsorted(self.starts, index, side="right")) - 1
-        offset = (index - int(self.starts[k])) * self.seq_len
+        offset = (index - int(self.starts[k])) * self.seq_len  # Python ints: token offsets pass 2**32
         return self.shards[k].tokens[offset : offset + self.seq_len + 1]
 
     def batch(self, indices: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,7 +219,8 @@ class TokenLoader:
         """The shuffled sequence indices of `epoch`, identical on every rank."""
         if self._order_epoch != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._order = rng.permutation(len(self.dataset))
+            # int64 whatever the platform's default int (numpy < 2 made it int32 on Windows); same draws
+            self._order = rng.permutation(np.arange(len(self.dataset), dtype=np.int64))
             self._order_epoch = epoch
         assert self._order is not None
         return self._order
@@ -310,5 +312,5 @@ def val_batches(dataset: PackedTokenDataset, micro_batch_size: int, n_batches: i
     round_size = micro_batch_size * world_size
     n = min(n_batches, len(dataset) // round_size)
     for b in range(n):
-        indices = np.arange(b * round_size + rank, (b + 1) * round_size, world_size)
+        indices = np.arange(b * round_size + rank, (b + 1) * round_size, world_size, dtype=np.int64)
         yield dataset.batch(indices)

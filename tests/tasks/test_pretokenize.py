@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from model.tokenizer import Tokenizer
 from storage.documents import doc_shards
 from storage.store import ArtifactRef, open_store, sha256_file
 from storage.token_shards import TokenShard, TokenShardWriter, list_shards
-from tasks.pretokenize import META_FILE, PretokenizeConfig, choose_engine, is_val, pretokenize
+from tasks.pretokenize import META_FILE, PretokenizeConfig, choose_engine, combine_units, is_val, pretokenize
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
 from tests.tasks.tokenizer_fixtures import load_enwiki_docs, make_docs_artifact
 
@@ -72,6 +73,22 @@ def test_every_document_decodes_back_to_its_text(inputs, tmp_path: Path) -> None
     assert counts["tokens_train"] + counts["tokens_val"] == n_tokens == sum(counts["tokens_per_source"].values())
     assert set(counts["tokens_per_source"]) == {"wiki", "news"}
     assert [p.name for p in list_shards(ref.path / "train")] == ["00000", "00001", "00002"]
+
+
+def test_totals_stay_exact_past_2_32_tokens() -> None:
+    """The stage's totals over thousands of shards are exact ints: past 2**32, where 32-bit sums wrap,
+    and past 2**53, where a float sum (numpy mixing uint64 with int64) drops the odd tokens."""
+    unit = {"documents": 7, "empty_documents": 1, "documents_train": 6, "documents_val": 1,
+            "tokens_train": 2**43 + 1, "tokens_val": 2**31 + 3,
+            "tokens_per_source": {"news": 2**32 + 5, "wiki": 2**43 + 2**31 - 2**32 - 1}}
+    per_shard = [json.loads(json.dumps(unit)) for _ in range(3001)]  # as read back from the unit markers
+    totals = combine_units(per_shard)
+    assert totals["tokens_train"] == 3001 * (2**43 + 1) > 2**53 and totals["tokens_val"] == 3001 * (2**31 + 3)
+    assert totals["tokens_per_source"] == {"news": 3001 * (2**32 + 5), "wiki": 3001 * (2**43 + 2**31 - 2**32 - 1)}
+    assert sum(totals["tokens_per_source"].values()) == totals["tokens_train"] + totals["tokens_val"]
+    assert totals["documents"] == 7 * 3001 and totals["shards"] == 3001
+    assert all(type(v) is int for k, v in totals.items() if k != "tokens_per_source")
+    assert json.loads(json.dumps(totals)) == totals  # the artifact manifest and pretokenize_meta.json keep them
 
 
 def test_add_bos_starts_every_document(inputs, tmp_path: Path) -> None:

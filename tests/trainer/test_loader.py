@@ -1,6 +1,10 @@
-"""The packed-token loader: windows and shifts, rank slices, exact resume, memmaps only, val order."""
+"""The packed-token loader: windows and shifts, rank slices, exact resume, memmaps only, val order, > 2**32 tokens."""
 
 from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ import torch
 
 from kiln.errors import KilnError
 from storage.token_shards import TokenShardWriter
+from tests.storage.sparse_shards import EOS, LAYOUTS, G, SparseShard, write_sparse_shard
 from trainer.data import PackedTokenDataset, TokenLoader, val_batches
 
 T = 10
@@ -217,3 +222,82 @@ def test_val_batches_of_a_split_smaller_than_one_round_are_smaller(numbered_data
     per_rank = [list(val_batches(ds, len(ds), 3, rank=r, world_size=2)) for r in (0, 1)]
     assert [len(b) for b in per_rank] == [1, 1]  # every rank runs as many batches (FSDP's collectives)
     assert [int(b[0][0].shape[0]) for b in per_rank] == [len(ds) // 2] * 2
+
+
+# -- more than 2**32 tokens (sparse shards: gigabytes apparent, kilobytes on disk) ---------------
+
+T_BIG = 8192
+SMALL = list(range(100, 100 + 3 * T_BIG))  # the third shard's tokens (EOS 99_999 follows)
+
+
+@pytest.fixture
+def big_split(sparse_dir) -> tuple[Path, list[SparseShard]]:
+    """A uint16 shard of 2**33 + 20k tokens, a uint32 one of 2**32 + 20k, then a small real one."""
+    specs = []
+    for k, name in enumerate(sorted(LAYOUTS)):
+        vocab, base, bounds, dense = LAYOUTS[name]
+        specs.append(write_sparse_shard(sparse_dir / f"{k:05d}", bounds, dense, vocab_size=vocab, base=base,
+                                        source=name))
+    write_source_shard(sparse_dir / "00002", "small", SMALL)
+    return sparse_dir, specs
+
+
+def expected_window(specs: list[SparseShard], g: int) -> np.ndarray:
+    """Global sequence `g`'s ``T_BIG + 1`` tokens, from the layouts alone (Python ints throughout)."""
+    for spec in specs:
+        count = (spec.n_tokens - 1) // T_BIG
+        if g < count:
+            return spec.expected(g * T_BIG, (g + 1) * T_BIG + 1)
+        g -= count
+    return np.array([*SMALL, 99_999])[g * T_BIG : (g + 1) * T_BIG + 1]
+
+
+def assert_rows(x: torch.Tensor, y: torch.Tensor, specs: list[SparseShard], indices) -> None:
+    for row, g in enumerate(indices):
+        want = expected_window(specs, int(g))
+        assert np.array_equal(x[row].numpy(), want[:-1]) and np.array_equal(y[row].numpy(), want[1:])
+
+
+def test_windows_beyond_2_32_hold_the_exact_tokens(big_split):
+    root, specs = big_split
+    ds = PackedTokenDataset(root, T_BIG)
+    counts = [(s.n_tokens - 1) // T_BIG for s in specs] + [3]
+    assert ds.starts.tolist() == [0, counts[0], counts[0] + counts[1], sum(counts)]
+    assert ds.n_tokens == 3 * G + 40_000 + 3 * T_BIG + 1
+    c0, c1 = counts[0], counts[0] + counts[1]
+    targets = [
+        G // T_BIG - 1, G // T_BIG,  # uint16 shard: straddling 2**32, then from 2**32 on
+        2 * G // T_BIG - 1, 2 * G // T_BIG, 2 * G // T_BIG + 1,  # ... straddling 2**33, beyond it
+        c0 + 2**31 // T_BIG - 1, c0 + G // T_BIG - 1, c0 + G // T_BIG + 1,  # uint32 shard: 2**31, 2**32, beyond
+        c1, c1 + 2,  # the small shard after them: the global index still lands on it
+    ]
+    for g in targets:
+        assert (expected_window(specs, g) > EOS).sum() >= 50  # real tokens, not only a hole's zeros
+    x, y = ds.batch(targets)
+    assert_rows(x, y, specs, targets)
+    assert x[-1, 0].item() == SMALL[2 * T_BIG] and y[-1, -1].item() == 99_999
+
+
+def test_loader_draws_exact_batches_beyond_2_32_and_resumes_there(big_split):
+    root, specs = big_split
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    ds = PackedTokenDataset(root, T_BIG)
+    ranks = [TokenLoader(ds, 4, seed=11, rank=r, world_size=2, num_workers=2 * r) for r in range(2)]
+    order = ranks[0].order(0)
+    assert order.dtype == np.int64 and np.array_equal(order, ranks[1].order(0))
+    beyond_2_33 = 2 * G // T_BIG + 1
+    beyond_2_32_in_uint32 = (specs[0].n_tokens - 1) // T_BIG + G // T_BIG + 1
+    for g in (beyond_2_33, beyond_2_32_in_uint32):
+        pos = int(np.flatnonzero(order == g)[0])
+        start = pos - pos % ranks[0].round  # the round (4 per rank x 2 ranks) that holds sequence g
+        # The position as trainer_state.json carries it: plain JSON ints.
+        state = json.loads(json.dumps({"epoch": 0, "position": start, "seed": 11, "n_sequences": len(ds)}))
+        for r, loader in enumerate(ranks):
+            loader.load_state_dict(state)
+            x, y = next(loader)
+            assert_rows(x, y, specs, order[start + r : start + 8 : 2])
+            assert json.loads(json.dumps(loader.state_dict()))["position"] == start + 8
+    for loader in ranks:
+        loader.close()
+    # Memmap slices only: no pass over the 32 GiB (apparent) of tokens.bin paged them in.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 512 * 1024
