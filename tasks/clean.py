@@ -10,8 +10,11 @@ a killed stage reruns only what is missing and writes byte-identical shards:
 1. clean + filter (`tasks.text.pipeline.run_unit`), one unit per input file or per group
    of bz2 streams of a multistream dump, in parallel: intermediate chunks with each
    document's exact hash and MinHash signature;
-2. dedup (`tasks.text.assemble.plan_dedup`), in this process: exact and near-duplicate
-   removal across all sources in input order, and the plan of the final shards;
+2. dedup, on disk and in parallel (`tasks.text.dedup_steps`): per unit, exact hashes and LSH
+   band keys partitioned to disk; per partition, exact groups and verified near-duplicate
+   pairs; then connected components, so each cluster keeps its earliest document in input
+   order; then the filter pass and the plan of the final shards (`assemble.plan_dedup`),
+   one unit at a time;
 3. write the final shards (`tasks.text.assemble.write_shard`), in parallel.
 
 Units run serially or on Dask (`tasks.runner`); the result never depends on which,
@@ -48,7 +51,7 @@ from tasks.download import FILES_DIR
 from tasks.report import artifact_key, progress
 from tasks.runner import choose_engine, open_runner
 from tasks.stage import Stage, reported
-from tasks.text import assemble, pipeline
+from tasks.text import assemble, dedup_steps, pipeline
 from tasks.text.clean_report import REPORT_JSON, REPORT_MD, build_report, flat_counts, to_json, to_markdown
 from tasks.text.dedup import lsh_params
 from tasks.text.filters import FilterConfig
@@ -157,11 +160,13 @@ def _clean_into(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> None:
         input_bytes = sum({u.input.index: u.input.size for u in units}.values())
         engine = choose_engine(cfg.engine, cfg.dask_address, input_bytes, int(cfg.serial_below_mb * MB), len(units))
         with open_runner(engine, cfg.workers, cfg.dask_address) as runner:
-            started = time.monotonic()
-            dedup = _phase1_and_dedup(build, units, cfg, runner)
-            run["phase12_s"] = round(time.monotonic() - started, 3)
+            run["started_at"] = time.time()
+            dedup = _phase1_and_dedup(build, units, cfg, runner, run)
+            run["dedup_done_at"] = time.time()
             _phase3(build, cfg, runner)
-            run["phase3_s"] = round(time.monotonic() - started - run["phase12_s"], 3)
+            run["shards_done_at"] = time.time()
+            run["phase12_s"] = round(run["dedup_done_at"] - run["started_at"], 3)
+            run["phase3_s"] = round(run["shards_done_at"] - run["dedup_done_at"], 3)
             run.update(engine=engine, workers=runner.workers, **_unit_seconds(build, units))
         _write_dropped(build, units, cfg)
         _write_report(build, units, dedup, cfg)
@@ -201,8 +206,9 @@ def _units(build: Build, raw: ArtifactRef, cfg: CleanConfig) -> list[Unit]:
     return units
 
 
-def _phase1_and_dedup(build: Build, units: list[Unit], cfg: CleanConfig, runner: Any) -> dict[str, Any]:
-    """Clean every unit not yet done, then dedup over all of them (once)."""
+def _phase1_and_dedup(build: Build, units: list[Unit], cfg: CleanConfig, runner: Any,
+                      run: dict[str, Any]) -> dict[str, Any]:
+    """Clean every unit not yet done, then dedup over all of them (once); `run` gets the phase-1 end time."""
     if build.unit_done("dedup"):
         return build.unit_info("dedup")
     work = build.dir / WORK_DIR
@@ -238,10 +244,50 @@ def _phase1_and_dedup(build: Build, units: list[Unit], cfg: CleanConfig, runner:
     if not cfg.allow_empty_sources:  # again for inputs an earlier attempt finished
         for index in sorted({u.input.index for u in units}):
             _check_not_empty(build, [u for u in units if u.input.index == index])
+    run["phase1_done_at"] = time.time()
     chunks = {u.name: build.unit_info(f"p1-{u.name}")["chunks"] for u in units}
+    clusters = _find_duplicates(build, units, chunks, cfg, runner)
     dedup = assemble.plan_dedup(units, chunks, work, _assemble_settings(cfg))
+    dedup["clusters"] = clusters
     build.mark_done("dedup", dedup)
     return dedup
+
+
+def _find_duplicates(build: Build, units: list[Unit], chunks: dict[str, int], cfg: CleanConfig,
+                     runner: Any) -> dict[str, Any]:
+    """Phase 2's three steps (`tasks.text.dedup_steps`), each job marked done on its own; returns cluster counts."""
+    s = dedup_steps.DedupSettings(exact=cfg.dedup, near=cfg.near_dedup, threshold=cfg.near_dedup_threshold,
+                                  num_perm=cfg.num_perm)
+    if not (s.exact or s.near):
+        return {}
+    if not build.unit_done("d0-layout"):  # fixed on the first attempt, so a resume partitions the same way
+        docs = sum(build.unit_info(f"p1-{u.name}")["docs"] for u in units)
+        build.mark_done("d0-layout", {"partitions": dedup_steps.partitions_for(docs, s), "docs": docs})
+    s = replace(s, partitions=build.unit_info("d0-layout")["partitions"])
+    work = build.dir / WORK_DIR
+    out = str(assemble.dedup_dir(work))
+    dirs = [str(assemble.fingerprint_dir(work, u.name)) for u in units]
+    mark = build.mark_done
+    runner.run(dedup_steps.fingerprint_unit, [
+        (f"d1-{u.name}", (k, [str(assemble.unit_dir(work, u.name) / pipeline.chunk_name(c))
+                             for c in range(chunks[u.name])], dirs[k], s))
+        for k, u in enumerate(units) if not build.unit_done(f"d1-{u.name}")], mark)
+    assemble.dedup_dir(work).mkdir(parents=True, exist_ok=True)
+    runner.run(dedup_steps.bucket_partition, [
+        (f"d2-{p:05d}", (p, dirs, out, s)) for p in range(s.partitions) if not build.unit_done(f"d2-{p:05d}")], mark)
+    if not build.unit_done("d3-cluster"):
+        runner.run(dedup_steps.cluster_duplicates, [("d3-cluster", (out, s.partitions, s))], mark)
+    parts = [build.unit_info(f"d2-{p:05d}") for p in range(s.partitions)]
+    info = build.unit_info("d3-cluster")
+    return {
+        "partitions": s.partitions,
+        "exact_groups": sum(p.get("exact_groups", 0) for p in parts),
+        "exact_largest": max((p.get("exact_largest", 0) for p in parts), default=0),
+        "near_candidates": sum(p.get("candidates", 0) for p in parts),
+        "near_edges": info.get("edges", 0),
+        "near_clusters": info.get("near_clusters", 0),
+        "near_largest": info.get("near_largest", 0),
+    }
 
 
 def _check_not_empty(build: Build, units: list[Unit]) -> None:
@@ -284,9 +330,20 @@ def _write_dropped(build: Build, units: list[Unit], cfg: CleanConfig) -> None:
 
 
 def _unit_seconds(build: Build, units: list[Unit]) -> dict[str, float]:
-    """Phase-1 time summed over units (wall and CPU of the cleaning thread): parallel efficiency, per-page cost."""
-    seconds = [build.unit_info(f"p1-{u.name}").get("seconds", {}) for u in units]
-    return {f"phase1_unit_{k}_s": round(sum(s.get(k, 0.0) for s in seconds), 3) for k in ("wall", "cpu")}
+    """CPU and wall summed over jobs: phase 1 (and, within it, the dedup fingerprints), the dedup steps, the shards.
+
+    Each is the job's own thread's time, not its process's (a Dask worker's event loop runs beside it).
+    """
+    def total(names: list[str], key: str) -> float:
+        return round(sum(build.unit_info(n).get("seconds", {}).get(key, 0.0) for n in names if build.unit_done(n)), 3)
+
+    p1 = [f"p1-{u.name}" for u in units]
+    steps = [f"d1-{u.name}" for u in units] + ["d3-cluster"]
+    if build.unit_done("d0-layout"):
+        steps += [f"d2-{p:05d}" for p in range(build.unit_info("d0-layout")["partitions"])]
+    return {"phase1_unit_wall_s": total(p1, "wall"), "phase1_unit_cpu_s": total(p1, "cpu"),
+            "phase1_fingerprint_cpu_s": total(p1, "fingerprint_cpu"), "dedup_steps_cpu_s": total(steps, "cpu"),
+            "dedup_steps_wall_s": total(steps, "wall")}
 
 
 def _done(build: Build, unit: str, info: dict[str, Any]) -> None:

@@ -1,17 +1,12 @@
 """Phases 2 and 3 of the clean stage: dedup across all sources, then the final shards.
 
-Phase 2 (`plan_dedup`, one process; cheap next to cleaning) reads the fingerprint columns of
-every unit's chunks in unit order, then document order, and drops:
-
-- exact duplicates: the normalized-text hash of an earlier document (`dedup.exact_duplicates`);
-- near duplicates: among the rest, every member of a MinHash LSH cluster but the earliest
-  (`dedup.near_duplicate_clusters`).
-
-So the copy kept is always the first in input order, whichever worker cleaned it. It then
-cuts each input file's kept documents into shards of at most `docs_per_shard` documents and
-about `shard_bytes` of UTF-8 text, and saves the global keep mask and that plan under
-``dedup/``. Memory is that of `near_duplicate_clusters` (~2.2 KB per document at 128
-permutations): fine to ~10 M documents in one process.
+Phase 2 finds the duplicates on disk, in steps spread over workers (`tasks.text.dedup_steps`):
+exact copies (same normalized-text hash) and clusters of near copies (MinHash LSH, verified,
+connected components), each cluster keeping its earliest document in input order, whichever
+worker cleaned it. `plan_dedup` is its filter pass: unit by unit, it turns the drop tables
+into a keep mask per unit (``dedup/keep/<unit>.npy``) and cuts each input file's kept documents
+into shards of at most `docs_per_shard` documents and about `shard_bytes` of UTF-8 text
+(``dedup/plan.json``). It holds one unit's columns at a time.
 
 Phase 3 (`write_shard`, any worker) writes one final shard from the kept rows of the chunks
 it spans, with `storage.documents.write_documents` (fixed writer settings: same documents,
@@ -26,6 +21,7 @@ the number of workers nor on a resume.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +33,13 @@ import zstandard
 
 from storage.atomic import atomic_path, atomic_write_text
 from storage.documents import DOC_FIELDS, Engine, doc_shard_name, write_documents
-from tasks.text.dedup import exact_duplicates, near_duplicate_clusters
+from tasks.text.dedup_steps import EXACT_DROPS, NEAR_DROPS, drops_of_unit, row_of, unit_of
 from tasks.text.filters import REASONS
 from tasks.text.pipeline import DROPPED_FILE, chunk_name, read_chunk
 from tasks.text.units import Unit
 
 DROPPED_DIR = "dropped"
 JSONL_DIR = "jsonl"
-KEEP_FILE = "keep.npy"
 PLAN_FILE = "plan.json"
 DROP_REASONS = ("duplicate", "near_duplicate")  # reason codes 1 and 2 of `plan_dedup`
 
@@ -65,113 +60,141 @@ class AssembleSettings:
     """Sample documents kept per drop reason in ``dropped/``; 0 writes none."""
 
 
-@dataclass
-class Fingerprints:
-    """Per-document columns of all units, in global order (unit order, then document order)."""
-
-    chunks: list[tuple[str, int, int, int]]
-    """``(unit, chunk, first document, rows)`` of every chunk."""
-    inputs: np.ndarray
-    sources: list[str]
-    """Source name per document (one object per unit, shared)."""
-    chars: np.ndarray
-    nbytes: np.ndarray
-    exact: list[bytes]
-    sigs: np.ndarray | None
-
-
 def unit_dir(work: Path, unit: str) -> Path:
     return work / "units" / unit
 
 
-def load_fingerprints(units: Sequence[Unit], n_chunks: Mapping[str, int], work: Path) -> Fingerprints:
-    """Read the fingerprint columns of every chunk, in order."""
-    chunks, inputs, sources, chars, nbytes, exact, sigs = [], [], [], [], [], [], []
-    first = 0
-    for unit in units:
-        for c in range(n_chunks[unit.name]):
-            t = read_chunk(unit_dir(work, unit.name) / chunk_name(c), ("exact", "minhash", "chars", "nbytes"))
-            rows = t.num_rows
-            chunks.append((unit.name, c, first, rows))
-            first += rows
-            inputs.append(np.full(rows, unit.input.index, dtype=np.int32))
-            sources.extend([unit.input.source] * rows)
-            chars.append(t.column("chars").to_numpy())
-            nbytes.append(t.column("nbytes").to_numpy())
-            exact.extend(t.column("exact").to_pylist())
-            sigs.append(b"".join(t.column("minhash").to_pylist()))
-    raw = b"".join(sigs)
-    sig_array = np.frombuffer(raw, dtype="<u4").reshape(first, -1) if raw and first else None
-    return Fingerprints(
-        chunks, _cat(inputs, np.int32), sources, _cat(chars, np.int64), _cat(nbytes, np.int64), exact, sig_array
-    )
+def dedup_dir(work: Path) -> Path:
+    """Where `tasks.text.dedup_steps` writes: ``fp/<unit>/``, partition outputs and the drop tables."""
+    return work / "dedup-steps"
 
 
-def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+def fingerprint_dir(work: Path, unit: str) -> Path:
+    return dedup_dir(work) / "fp" / unit
+
+
+def keep_path(work: Path, unit: str) -> Path:
+    return work / "dedup" / "keep" / f"{unit}.npy"
+
+
+class ShardPlanner:
+    """Cuts the kept documents, streamed unit by unit in input order, into shards.
+
+    A shard holds at most `docs_per_shard` documents and closes once it reaches
+    `shard_bytes` of text; it never mixes input files, so ``part-<input>-<k>`` says where its
+    documents came from. Vectorized per unit: the loop runs once per shard, not per document.
+    """
+
+    def __init__(self, s: AssembleSettings) -> None:
+        self.s = s
+        self.shards: list[list[int]] = []
+        self.next_k: dict[int, int] = {}
+        self.shard: list[int] | None = None  # [input, k, start, end, docs]
+        self.size = 0
+
+    def add(self, input_index: int, positions: np.ndarray, nbytes: np.ndarray) -> None:
+        """Kept documents at global `positions` (ascending) of one unit, with their UTF-8 sizes."""
+        if self.shard is not None and self.shard[0] != input_index:
+            self._close()
+        csum = np.cumsum(nbytes, dtype=np.int64)
+        j, n = 0, len(positions)
+        while j < n:
+            if self.shard is None:
+                k = self.next_k[input_index] = self.next_k.get(input_index, -1) + 1
+                self.shard, self.size = [input_index, k, int(positions[j]), int(positions[j]) + 1, 0], 0
+            before = int(csum[j - 1]) if j else 0
+            by_docs = j + self.s.docs_per_shard - self.shard[4] - 1
+            by_bytes = int(np.searchsorted(csum, self.s.shard_bytes - self.size + before, side="left"))
+            t = min(by_docs, by_bytes, n - 1)
+            self.shard[3], self.shard[4] = int(positions[t]) + 1, self.shard[4] + t - j + 1
+            self.size += int(csum[t]) - before
+            if self.shard[4] >= self.s.docs_per_shard or self.size >= self.s.shard_bytes:
+                self._close()
+            j = t + 1
+
+    def _close(self) -> None:
+        if self.shard is not None:
+            self.shards.append(self.shard)
+        self.shard = None
+
+    def finish(self) -> list[list[int]]:
+        self._close()
+        return self.shards
 
 
 def plan_dedup(units: Sequence[Unit], n_chunks: Mapping[str, int], work: Path, s: AssembleSettings) -> dict[str, Any]:
-    """Phase 2: decide the drops, save keep mask and shard plan; returns counts (dropped per source and reason)."""
-    fp = load_fingerprints(units, n_chunks, work)
-    reason = np.zeros(len(fp.chars), dtype=np.int8)  # 0 keep, else 1 + index in DROP_REASONS
-    if s.exact:
-        reason[sorted(exact_duplicates(enumerate(fp.exact)))] = 1
-    if s.near and fp.sigs is not None:
-        sigs = fp.sigs
-        candidates = ((i, sigs[i]) for i in np.flatnonzero(reason == 0).tolist())
-        reason[sorted(near_duplicate_clusters(candidates, threshold=s.threshold))] = 2
-    keep = reason == 0
-    shards = plan_shards(fp, keep, s)
-    out = work / "dedup"
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / KEEP_FILE) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, keep)
-    samples = {name: np.flatnonzero(reason == code)[: s.keep_dropped].tolist()
-               for code, name in enumerate(DROP_REASONS, 1)}
-    atomic_write_text(out / PLAN_FILE, json.dumps({"chunks": fp.chunks, "shards": shards, "dropped": samples}))
+    """The filter pass: per unit, in order, apply the drop tables of `dedup_steps`; save keep masks and the shard plan.
+
+    Holds one unit's columns at a time (the drop tables are memory-mapped), so the driver's
+    memory does not grow with the corpus. Returns the counts for the report: drops per
+    source and reason, and drops per (survivor's source, dropped copy's source).
+    """
+    steps = dedup_dir(work)
+    exact = np.load(steps / EXACT_DROPS, mmap_mode="r") if s.exact else None
+    near = np.load(steps / NEAR_DROPS, mmap_mode="r") if s.near else None
+    sources = [u.input.source for u in units]
+    chunks: list[list[Any]] = []
+    planner = ShardPlanner(s)
+    dropped: dict[str, dict[str, list[int]]] = {}
+    pairs: Counter[tuple[str, str, str]] = Counter()
+    samples: dict[str, list[int]] = {name: [] for name in DROP_REASONS}
+    documents = chars_kept = first = 0
+    for ordinal, unit in enumerate(units):
+        chars, nbytes = _unit_sizes(work, unit.name, n_chunks[unit.name], chunks, first)
+        reason = np.zeros(len(chars), dtype=np.int8)  # 0 keep, else 1 + index in DROP_REASONS
+        for code, table in ((1, exact), (2, near)):
+            if table is None:
+                continue
+            hit = drops_of_unit(table, ordinal)
+            rows = row_of(hit["doc"])
+            fresh = reason[rows] == 0  # an exact copy is also in its near cluster: counted once, as exact
+            reason[rows[fresh]] = code
+            survivors = unit_of(hit["keep"][fresh])
+            for keep_unit, n in zip(*np.unique(survivors, return_counts=True), strict=True):
+                pairs[(sources[int(keep_unit)], unit.input.source, DROP_REASONS[code - 1])] += int(n)
+        for code, name in enumerate(DROP_REASONS, 1):
+            mask = reason == code
+            if mask.any():
+                entry = dropped.setdefault(unit.input.source, {}).setdefault(name, [0, 0])
+                entry[0] += int(mask.sum())
+                entry[1] += int(chars[mask].sum())
+                room = s.keep_dropped - len(samples[name])
+                if room > 0:
+                    samples[name] += (np.flatnonzero(mask)[:room] + first).tolist()
+        keep = reason == 0
+        with atomic_path(keep_path(work, unit.name)) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, keep)
+        kept = np.flatnonzero(keep)
+        planner.add(unit.input.index, kept + first, nbytes[kept])
+        documents += len(kept)
+        chars_kept += int(chars[kept].sum())
+        first += len(chars)
+    shards = planner.finish()
+    plan = {"chunks": chunks, "shards": shards, "dropped": {k: v for k, v in samples.items() if v}}
+    atomic_write_text(work / "dedup" / PLAN_FILE, json.dumps(plan))
     return {
-        "dropped": _drop_counts(fp, reason),
-        "documents": int(keep.sum()),
-        "chars": int(fp.chars[keep].sum()),
+        "dropped": {src: dict(sorted(r.items())) for src, r in sorted(dropped.items())},
+        "pairs": [[keep_src, drop_src, reason, n] for (keep_src, drop_src, reason), n in sorted(pairs.items())],
+        "documents": documents,
+        "chars": chars_kept,
         "shards": len(shards),
     }
 
 
-def _drop_counts(fp: Fingerprints, reason: np.ndarray) -> dict[str, dict[str, list[int]]]:
-    """``{source: {reason: [documents, characters]}}`` for the dedup drops."""
-    out: dict[str, dict[str, list[int]]] = {}
-    for i in np.flatnonzero(reason).tolist():
-        entry = out.setdefault(fp.sources[i], {}).setdefault(DROP_REASONS[reason[i] - 1], [0, 0])
-        entry[0] += 1
-        entry[1] += int(fp.chars[i])
-    return {src: dict(sorted(r.items())) for src, r in sorted(out.items())}
+def _unit_sizes(work: Path, unit: str, n: int, chunks: list[list[Any]], first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Characters and UTF-8 bytes of a unit's documents; appends its chunks to the plan's chunk table."""
+    chars, nbytes = [], []
+    for c in range(n):
+        t = read_chunk(unit_dir(work, unit) / chunk_name(c), ("chars", "nbytes"))
+        chunks.append([unit, c, first, t.num_rows])
+        first += t.num_rows
+        chars.append(t.column("chars").to_numpy())
+        nbytes.append(t.column("nbytes").to_numpy())
+    return _cat(chars, np.int64), _cat(nbytes, np.int64)
 
 
-def plan_shards(fp: Fingerprints, keep: np.ndarray, s: AssembleSettings) -> list[list[int]]:
-    """``[input, k, start, end, docs]`` per final shard: its kept documents lie in global ``[start, end)``.
-
-    Shards never mix input files, so ``part-<input>-<k>`` says where documents came from.
-    """
-    shards: list[list[int]] = []
-    inputs, nbytes = fp.inputs.tolist(), fp.nbytes.tolist()
-    next_k: dict[int, int] = {}
-    shard: list[int] | None = None
-    size = 0
-    for i in np.flatnonzero(keep).tolist():
-        if shard is not None and shard[0] != inputs[i]:
-            shards.append(shard)
-            shard = None
-        if shard is None:
-            k = next_k[inputs[i]] = next_k.get(inputs[i], -1) + 1
-            shard, size = [inputs[i], k, i, i + 1, 0], 0
-        shard[3], shard[4], size = i + 1, shard[4] + 1, size + nbytes[i]
-        if shard[4] >= s.docs_per_shard or size >= s.shard_bytes:
-            shards.append(shard)
-            shard = None
-    if shard is not None:
-        shards.append(shard)
-    return shards
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
 
 def shard_name(input_index: int, k: int) -> str:
@@ -184,22 +207,34 @@ def planned_shards(work: Path) -> list[list[int]]:
 
 
 def shard_jobs(work: Path, out_dir: Path, s: AssembleSettings) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """``(name, write_shard arguments)`` per planned shard, in order."""
+    """``(name, write_shard arguments)`` per planned shard, in order (one unit's keep mask loaded at a time)."""
     plan = json.loads((work / "dedup" / PLAN_FILE).read_text())
-    keep = np.load(work / "dedup" / KEEP_FILE)
     chunks = plan["chunks"]
     firsts = np.array([c[2] for c in chunks], dtype=np.int64)
+    loaded: tuple[str, np.ndarray, int] | None = None  # (unit, keep mask, its first global position)
     for inp, k, start, end, _ in plan["shards"]:
         pieces = []
         ci = int(np.searchsorted(firsts, start, side="right")) - 1
         while ci < len(chunks) and chunks[ci][2] < end:
             unit, c, first, rows = chunks[ci]
+            if loaded is None or loaded[0] != unit:
+                loaded = (unit, np.load(keep_path(work, unit)), first - _rows_before(chunks, ci, unit))
+            _, keep, unit_first = loaded
             lo, hi = max(start, first), min(end, first + rows)
-            rows_kept = np.flatnonzero(keep[lo:hi]) + (lo - first)
+            rows_kept = np.flatnonzero(keep[lo - unit_first : hi - unit_first]) + (lo - first)
             if len(rows_kept):
                 pieces.append((str(unit_dir(work, unit) / chunk_name(c)), rows_kept))
             ci += 1
         yield shard_name(inp, k), (pieces, str(out_dir), inp, k, s.engine, s.jsonl_lines)
+
+
+def _rows_before(chunks: list[list[Any]], ci: int, unit: str) -> int:
+    """Rows of `unit` in the chunks before chunk `ci` (its chunks are consecutive in the table)."""
+    total = 0
+    while ci > 0 and chunks[ci - 1][0] == unit:
+        ci -= 1
+        total += chunks[ci][3]
+    return total
 
 
 def write_shard(

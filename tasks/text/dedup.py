@@ -5,10 +5,9 @@ The work splits in two so a stage can spread the heavy part over workers:
 1. Per shard, in parallel: `exact_hash(text)` (16 bytes) and `MinHasher.signature(text)`
    (``num_perm`` uint32, 512 bytes at 128) are pure functions of the text, the same in any
    process (no salted Python `hash`; constants from a fixed splitmix64 sequence).
-2. In one place: `exact_duplicates` and `near_duplicate_clusters` read ``(key, hash)`` /
-   ``(key, signature)`` in a stable order (input shard order, then position) and return the
-   keys to drop: every member of a group except the first in that order. Same order in,
-   same drops out, whatever the number of workers or how texts were batched.
+2. On disk, in steps over partitions (`tasks.text.dedup_steps`): exact groups and clusters
+   of near copies, each keeping its earliest document in input order. Same order in, same
+   drops out, whatever the number of workers or how texts were batched.
 
 Decisions worth knowing:
 - Shingles are 5 consecutive *words* of the normalized text, where a word is a run of
@@ -28,21 +27,20 @@ Decisions worth knowing:
   ``(1 / bands) ** (1 / rows)``. Defaults (16 x 8 for 128) put it at 0.71, below the 0.8
   threshold, so 95 % of pairs at 0.8 become candidates; each candidate is then checked by
   its estimated Jaccard (share of equal signature values), which removes the extras.
+  The banding and the check run in `tasks.text.dedup_steps`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Hashable, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
 
 import numpy as np
 
 from kiln.errors import KilnError
 from tasks.text.features import PUNCT, char_classes, code_points, mix64, span_hashes, word_spans
 
-K = TypeVar("K", bound=Hashable)
 _SHINGLE_MULT = np.uint64(0xD1B54A32D192ED03)
 _BLOCK = 1024  # shingles per permutation block: 1 MiB at 128 perms stays in cache (2048: measured 3-8x slower)
 EMPTY = np.uint32(0xFFFFFFFF)
@@ -67,18 +65,6 @@ def _normalized_code_points(text: str) -> np.ndarray:
 def exact_hash(text: str) -> bytes:
     """16-byte blake2b of the normalized text: equal for texts that differ only in case, spacing, punctuation."""
     return hashlib.blake2b(normalize_for_dedup(text).encode("utf-8"), digest_size=16).digest()
-
-
-def exact_duplicates(items: Iterable[tuple[K, bytes]]) -> set[K]:
-    """Keys whose hash an earlier item already had (the first of each group is kept)."""
-    seen: set[bytes] = set()
-    drop: set[K] = set()
-    for key, digest in items:
-        if digest in seen:
-            drop.add(key)
-        else:
-            seen.add(digest)
-    return drop
 
 
 class MinHasher:
@@ -154,96 +140,10 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
 def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
     """(bands, rows) with bands x rows = num_perm whose midpoint (1/b)^(1/r) is the highest not above threshold.
 
-    Erring low keeps recall high; `near_duplicate_clusters` verifies candidates against the threshold.
+    Erring low keeps recall high; `dedup_steps.verified` checks candidates against the threshold.
     """
     pairs = [(b, num_perm // b) for b in range(1, num_perm + 1) if num_perm % b == 0]
     below = [(b, r) for b, r in pairs if (1 / b) ** (1 / r) <= threshold]
     if not below:
         raise KilnError(f"dedup threshold {threshold} is too low for num_perm={num_perm}; raise it or num_perm")
     return max(below, key=lambda br: (1 / br[0]) ** (1 / br[1]))
-
-
-class LSHIndex:
-    """Banded LSH buckets; each bucket remembers the first key that fell into it.
-
-    Remembering one key per bucket (not all) keeps `add` O(bands) even for thousands of copies
-    of one page, and is enough for connected components. Memory: roughly 100 bytes per band
-    per distinct bucket (~1.6 KB per document at 16 bands).
-    """
-
-    def __init__(self, bands: int, rows: int) -> None:
-        if bands < 1 or rows < 1:
-            raise KilnError(f"LSHIndex: bands and rows must be >= 1, got {bands}, {rows}")
-        self.bands, self.rows = bands, rows
-        self._tables: list[dict[bytes, Hashable]] = [{} for _ in range(bands)]
-
-    @property
-    def threshold(self) -> float:
-        """Similarity at the midpoint of the candidate curve, about (1/bands)^(1/rows)."""
-        return (1 / self.bands) ** (1 / self.rows)
-
-    def add(self, key: Hashable, sig: np.ndarray) -> list[Hashable]:
-        """Insert a signature; returns the earlier keys it shares a bucket with (each once, in band order)."""
-        if len(sig) != self.bands * self.rows:
-            raise KilnError(f"LSHIndex: signature has {len(sig)} values, bands x rows is {self.bands * self.rows}")
-        raw = sig.tobytes()
-        width = self.rows * sig.itemsize
-        hits: list[Hashable] = []
-        for band, table in enumerate(self._tables):
-            first = table.setdefault(raw[band * width : (band + 1) * width], key)
-            if first != key and first not in hits:
-                hits.append(first)
-        return hits
-
-
-def near_duplicate_clusters(
-    items: Iterable[tuple[K, np.ndarray]],
-    *,
-    threshold: float = 0.8,
-    bands: int | None = None,
-    rows: int | None = None,
-    verify: bool = True,
-) -> set[K]:
-    """Keys to drop as near duplicates: all members of each cluster but the first in `items` order.
-
-    Clusters are connected components of "estimated Jaccard >= threshold" (or of plain LSH
-    collisions with ``verify=False``). Signatures that are all `EMPTY` never match. Memory is
-    ~2.2 KB per document at 128 x uint32 (index + the signatures kept for verification): fine
-    to ~10 M documents; beyond that, split the work by band, as datatrove does on disk.
-    """
-    keys: list[K] = []
-    sigs: list[np.ndarray] = []
-    parent: list[int] = []
-    index: LSHIndex | None = None
-    for i, (key, sig) in enumerate(items):
-        if index is None:
-            b, r = (bands, rows) if bands and rows else lsh_params(len(sig), threshold)
-            index = LSHIndex(b, r)
-        keys.append(key)
-        sigs.append(sig)
-        parent.append(i)
-        if np.all(sig == EMPTY):
-            continue
-        for j in index.add(i, sig):
-            assert isinstance(j, int)
-            if not verify or estimated_jaccard(sig, sigs[j]) >= threshold:
-                _union(parent, i, j)
-    if len(set(keys)) != len(keys):
-        raise KilnError("near_duplicate_clusters: keys are not unique; use document ids")
-    return {keys[i] for i in range(len(keys)) if _find(parent, i) != i}
-
-
-def _find(parent: list[int], i: int) -> int:
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:  # path compression keeps later finds O(1)
-        parent[i], i = root, parent[i]
-    return root
-
-
-def _union(parent: list[int], i: int, j: int) -> None:
-    """Join two clusters under the smaller index, so each cluster's root is its earliest item."""
-    ri, rj = _find(parent, i), _find(parent, j)
-    if ri != rj:
-        parent[max(ri, rj)] = min(ri, rj)

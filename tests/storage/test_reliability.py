@@ -260,3 +260,23 @@ def test_directory_in_place_of_an_input_file_is_a_clear_error(store: ArtifactSto
         clean(raw, CleanConfig(), store)
     assert str(raw.path) in str(err.value) and "\n" not in str(err.value)
     assert [m["stage"] for m in store.list()] == ["download"]  # no clean artifact
+
+
+@pytest.mark.parametrize("step", ["d1-", "d2-", "d3-"])
+def test_kill_9_in_a_dedup_step_then_rerun_is_byte_identical(step: str, reference: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """Killed after a dedup job wrote its outputs but before its marker: the rerun keeps what was marked."""
+    root, marks, ready = tmp_path / "store", tmp_path / "marks.log", tmp_path / "hung"
+    names = marked(reference["marks"])
+    hang_at = next(i for i, name in enumerate(names, 1) if name.startswith(step))
+    victim = start("clean", root, marks, hang_at=hang_at, ready=ready)
+    wait_for(ready, victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(30)
+    survived = marked(marks)
+    marks.rename(tmp_path / "killed.log")
+    result = finish(start("clean", root, marks))
+    redone = marked(marks)
+    assert not set(survived) & set(redone) - set(marked_for(reference, "download"))
+    assert names[hang_at - 1] in redone
+    assert data_digests(Path(result["uri"])) == data_digests(reference["clean"])
