@@ -18,6 +18,8 @@ from tasks.text.units import InputFile, Unit
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+MAX_INPUT_ROWS = 20
+"""Input files listed in ``report.md`` (a dump split into thousands of files would bury the rest)."""
 
 
 def build_report(
@@ -50,6 +52,11 @@ def build_report(
         "output": output,
         "inputs": [_input_row(f, sum(u.input.index == i for u in units)) for i, f in sorted(inputs.items())],
         "dropped_samples": dict(dropped_samples or {}),
+        "duplicates": {
+            "clusters": dedup.get("clusters", {}),
+            "by_source_pair": [{"kept": k, "dropped": d, "reason": r, "docs": n}
+                               for k, d, r, n in dedup.get("pairs", [])],
+        },
     }
 
 
@@ -106,8 +113,21 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines += ["## Output", "", f"{out['documents']:,} documents, {out['chars']:,} characters "
               f"in {out['shards']:,} Parquet shards{jsonl}.", "",
               "| input | format | source | bytes | units |", "|---|---|---|---:|---:|"]
-    lines += [f"| {r['file']} | {r['format']} | {r['source']} | {r['bytes']:,} | {r['units']} |"
-              for r in report["inputs"]]
+    shown = report["inputs"][:MAX_INPUT_ROWS]
+    lines += [f"| {r['file']} | {r['format']} | {r['source']} | {r['bytes']:,} | {r['units']} |" for r in shown]
+    if len(report["inputs"]) > len(shown):
+        rest = report["inputs"][len(shown):]
+        lines.append(f"| … {len(rest):,} more (all in report.json) | | | {sum(r['bytes'] for r in rest):,} | "
+                     f"{sum(r['units'] for r in rest):,} |")
+    dups = report.get("duplicates") or {}
+    if dups.get("by_source_pair"):
+        c = dups.get("clusters") or {}
+        lines += ["", "## Duplicates by source pair", "",
+                  f"{c.get('exact_groups', 0):,} groups of exact copies (largest {c.get('exact_largest', 0):,}), "
+                  f"{c.get('near_clusters', 0):,} clusters of near copies (largest {c.get('near_largest', 0):,}); "
+                  "each keeps its earliest document in input order.", "",
+                  "| kept copy from | dropped copy from | reason | documents |", "|---|---|---|---:|"]
+        lines += [f"| {p['kept']} | {p['dropped']} | {p['reason']} | {p['docs']:,} |" for p in dups["by_source_pair"]]
     samples = report.get("dropped_samples") or {}
     if samples:
         lines += ["", "## Dropped samples", "", "The first dropped documents per reason, in input order, with the "
