@@ -26,7 +26,7 @@ task count (the filter's ``.remove`` files are by signature task and document in
 task); buckets with ``tasks = num_buckets``; cluster with one task. What is matched to Kiln and
 what cannot be:
 - 16 buckets x 8 hashes = Kiln's 16 bands x 8 rows of 128 permutations; word 5-grams; 64-bit
-  hashes (``HashConfig(precision=64)``, datatrove's xxhash, sha1 if xxhash is not installed).
+  hashes (``HashConfig(precision=64)``, datatrove's xxhash; its sha1 if xxhash 3 is not installed).
 - Normalization: datatrove's `simplify_text` with lower-casing, punctuation to spaces and
   whitespace collapsed, as Kiln; its number and diacritics normalization are off (Kiln does
   neither). Still different: Kiln applies NFKC and ``casefold`` and removes every Unicode
@@ -139,10 +139,12 @@ def run_datatrove(parquet_files: list[Path], work: Path, tasks: int = 2, num_buc
     from datatrove.utils.hashing import HashConfig
     from datatrove.utils.text import TextNormConfig
 
-    try:
-        import xxhash  # noqa: F401  # pyright: ignore[reportMissingImports]
-        hash_fc = "xxhash"  # datatrove's default
-    except ImportError:
+    try:  # datatrove's default; it hashes str, which xxhash 4 refuses (datatrove pins xxhash<4)
+        import xxhash  # pyright: ignore[reportMissingImports]
+
+        xxhash.xxh64_intdigest("x")
+        hash_fc = "xxhash"
+    except (ImportError, TypeError):
         hash_fc = "sha1"
     config = MinhashConfig(
         n_grams=n_grams, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket,
