@@ -302,8 +302,7 @@ def same_with_one_worker(work: Path, corpus: Path, store: Any, docs: Any) -> boo
 
 def compare_with_datatrove(work: Path, corpus: Path, raw: Any, store: Any, address: str) -> dict[str, Any]:
     """Both tools' near dedup on the same cleaned, not yet deduplicated documents, scored on the truth."""
-    from benchmarks.baselines.datatrove_minhash import measure
-
+    from benchmarks.baselines.datatrove_minhash import measure, read_kept
     from tasks.clean import CleanConfig, clean
 
     cfg = CleanConfig(inputs=corpus_inputs(corpus), dask_address=address, language="en", dedup=False,
@@ -315,7 +314,7 @@ def compare_with_datatrove(work: Path, corpus: Path, raw: Any, store: Any, addre
     all_ids = kept_ids(undeduped.path / "docs")
     for tool in ("datatrove", "kiln"):
         res = measure(tool, files, work / f"dedup-{tool}")
-        kept = res.pop("kept_ids")
+        kept = read_kept(res)
         out[tool] = {**res, **score(corpus, set(kept), len(all_ids) - len(kept), filtered)}
         print(f"[scale] {tool}: {out[tool]}", file=sys.stderr, flush=True)
     return out
