@@ -84,7 +84,10 @@ class CleanConfig:
     near_dedup_threshold: float = 0.8
     """Estimated Jaccard similarity at which two documents are near duplicates."""
     num_perm: int = 128
-    """MinHash permutations (signature length)."""
+    """MinHash permutations (signature length): LSH bands come from these."""
+    sketch_size: int = 512
+    """Shingle hashes in each document's bottom-k sketch, which verifies LSH candidates against the threshold
+    (error ~0.018 at 0.8 with 512; exact for documents of at most that many shingles)."""
     inputs: tuple[str, ...] = path_field(())
     """Extra inputs read in place: local paths, directories, globs or fsspec URLs (``s3://…/*.jsonl.zst``)."""
     pile_sets: tuple[str, ...] = ()
@@ -123,7 +126,7 @@ class CleanConfig:
             if self.min_chars < 0:
                 raise KilnError(f"clean.min_chars must be >= 0, got {self.min_chars}")
             object.__setattr__(self, "filters", replace(self.filters, min_chars=self.min_chars))
-        for name in ("docs_per_shard", "jsonl_lines", "num_perm", "streams_per_unit"):
+        for name in ("docs_per_shard", "jsonl_lines", "num_perm", "sketch_size", "streams_per_unit"):
             if getattr(self, name) < 1:
                 raise KilnError(f"clean.{name} must be >= 1, got {getattr(self, name)}")
         if self.shard_mb <= 0 or self.workers < 0 or self.serial_below_mb < 0:
@@ -220,6 +223,7 @@ def _phase1_and_dedup(build: Build, units: list[Unit], cfg: CleanConfig, runner:
         on_error=cfg.on_error,
         exact_hash=cfg.dedup,
         num_perm=cfg.num_perm if cfg.near_dedup else 0,
+        sketch_size=cfg.sketch_size,
     )
     jobs = [
         (u.name, (u, settings, str(assemble.unit_dir(work, u.name))))
@@ -257,7 +261,7 @@ def _find_duplicates(build: Build, units: list[Unit], chunks: dict[str, int], cf
                      runner: Any) -> dict[str, Any]:
     """Phase 2's three steps (`tasks.text.dedup_steps`), each job marked done on its own; returns cluster counts."""
     s = dedup_steps.DedupSettings(exact=cfg.dedup, near=cfg.near_dedup, threshold=cfg.near_dedup_threshold,
-                                  num_perm=cfg.num_perm)
+                                  num_perm=cfg.num_perm, sketch_size=cfg.sketch_size)
     if not (s.exact or s.near):
         return {}
     if not build.unit_done("d0-layout"):  # fixed on the first attempt, so a resume partitions the same way

@@ -201,7 +201,10 @@ def _kiln_unit(ordinal: int, path: str, out: str, s: Any) -> dict[str, Any]:
     writer = FingerprintWriter(ordinal, Path(out), s)
     for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=["text"]):
         texts = [t or "" for t in batch.column(0).to_pylist()]
-        writer.add([exact_hash(t) for t in texts], hasher.signatures(texts))
+        prints = [hasher.fingerprint(t, s.sketch_size) for t in texts]  # what the clean stage's phase 1 computes
+        sigs = np.stack([p[0] for p in prints]) if prints else np.zeros((0, s.num_perm), dtype=np.uint32)
+        sketches = np.stack([p[1] for p in prints]) if prints else np.zeros((0, s.sketch_size), dtype=np.uint32)
+        writer.add([exact_hash(t) for t in texts], sigs, sketches)
     return writer.close()
 
 

@@ -7,14 +7,15 @@ filter); NeMo Curator runs the same shuffle on GPUs. Here, for the clean stage's
    signatures (computed in phase 1, in its chunks) become
    - ``exact-<p>.bin``: ``(hash, rank)`` records, partition ``p = hash mod P``;
    - ``band-<p>.bin``: one ``(band key, rank)`` record per LSH band, partition ``key mod P``;
-   - ``sigs.bin``: the signatures, back to back, for verification by row (``pread``, no index).
+   - ``sketches.bin``: the bottom-k sketches, back to back, to verify candidates by row
+     (``pread``, no index).
    A document's *rank* is ``unit ordinal << 32 | row in unit``: its place in input order,
    known without any global count. Memory: one chunk (≤ 4096 documents).
 2. `bucket_partition` (one job per partition): sorts its records from every unit. Equal
    exact hashes: all but the lowest rank are dropped (``(doc, survivor)`` pairs). Equal band
    keys: each member is paired with up to `PAIR_FANOUT` earlier members of the bucket, and
-   every candidate pair is verified by its estimated Jaccard (share of equal signature
-   values, read from ``sigs.bin``) before it becomes an edge. Memory: one partition,
+   every candidate pair is verified by its Jaccard similarity estimated from the two bottom-k
+   sketches (`dedup.sketch_jaccard`, read from ``sketches.bin``) before it becomes an edge. Memory: one partition,
    ``~(16 x bands + 24) x documents / P`` bytes; `partitions_for` picks P for ~64 MiB.
 3. `cluster_duplicates` (one job): connected components of all verified edges; every member
    of a component but its lowest rank is dropped. Its memory grows with the *duplicate*
@@ -27,9 +28,10 @@ workers and however the work was split or resumed. Every step writes its outputs
 atomically and is a pure function of its inputs, so a step killed at any point is simply
 run again. The filter pass is `tasks.text.assemble.plan_dedup`, one unit at a time.
 
-Why verify at all: LSH bands only say "probably similar". With 16 bands of 8 rows, a pair at
-Jaccard 0.6 collides in some band 24 % of the time; without a check those pairs would be
-merged (datatrove does not check, so it trades precision for that step).
+Why verify at all: LSH bands only say "probably similar". With the 21 bands of 6 rows that catch
+99.8 % of pairs at 0.8, a pair at 0.6 collides in some band 63 % of the time; without a check
+those pairs would be merged (datatrove does not check: its 14 x 8 bands trade recall at the
+threshold for fewer such merges).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path
-from tasks.text.dedup import EMPTY, lsh_params
+from tasks.text.dedup import EMPTY, lsh_params, sketch_jaccard
 from tasks.text.features import mix64
 
 ROW_BITS = 32
@@ -63,6 +65,7 @@ PAIR_FANOUT = 8
 """Candidates per bucket member: the bucket's first 8 members (all pairs in buckets of up to 9)."""
 PARTITION_BYTES = 64 << 20
 MAX_PARTITIONS = 4096
+SKETCHES = "sketches.bin"
 EXACT_DROPS = "exact-drops.npy"
 NEAR_DROPS = "near-drops.npy"
 _BAND_SEED = np.uint64(0x6A09E667F3BCC909)
@@ -77,6 +80,7 @@ class DedupSettings:
     near: bool = True
     threshold: float = 0.8
     num_perm: int = 128
+    sketch_size: int = 512
     partitions: int = 1
 
     @property
@@ -131,10 +135,11 @@ class FingerprintWriter:
         self.partial.mkdir(parents=True)
         self.rows = 0
         self.bands, self.band_rows = s.bands_rows
-        self._sigs = open(self.partial / "sigs.bin", "wb") if s.near else None  # noqa: SIM115 - closed in close()
+        self._sketches = open(self.partial / SKETCHES, "wb") if s.near else None  # noqa: SIM115 - closed in close()
 
-    def add(self, exact: Sequence[bytes] | None, sigs: np.ndarray | None) -> None:
-        """The next rows: 16-byte exact digests and/or ``(n, num_perm)`` uint32 signatures."""
+    def add(self, exact: Sequence[bytes] | None, sigs: np.ndarray | None, sketches: np.ndarray | None) -> None:
+        """The next rows: 16-byte exact digests, and/or ``(n, num_perm)`` signatures and ``(n, sketch_size)``
+        sketches."""
         n = len(exact) if exact is not None else len(sigs) if sigs is not None else 0
         rank = ranks(self.ordinal, self.rows, n)
         self.rows += n
@@ -145,10 +150,10 @@ class FingerprintWriter:
             recs = np.empty(n, dtype=EXACT)
             recs["h"], recs["l"], recs["rank"] = digests[:, 0], digests[:, 1], rank
             self._append("exact", recs, recs["h"])
-        if self.s.near and sigs is not None:
+        if self.s.near and sigs is not None and sketches is not None:
             sigs = np.ascontiguousarray(sigs, dtype="<u4")
-            assert self._sigs is not None
-            self._sigs.write(sigs.tobytes())
+            assert self._sketches is not None and sketches.shape == (n, self.s.sketch_size)
+            self._sketches.write(np.ascontiguousarray(sketches, dtype="<u4").tobytes())
             real = np.flatnonzero(~np.all(sigs == EMPTY, axis=1))  # a text without words matches nothing
             keys = band_keys(sigs[real], self.bands, self.band_rows)
             recs = np.empty(keys.size, dtype=BAND)
@@ -165,8 +170,8 @@ class FingerprintWriter:
                 fh.write(recs[bounds[p] : bounds[p + 1]].tobytes())
 
     def close(self) -> dict[str, Any]:
-        if self._sigs is not None:
-            self._sigs.close()
+        if self._sketches is not None:
+            self._sketches.close()
         shutil.rmtree(self.out, ignore_errors=True)  # a finished but unrecorded earlier attempt
         os.replace(self.partial, self.out)
         return {"docs": self.rows}
@@ -176,15 +181,18 @@ def fingerprint_unit(ordinal: int, chunk_paths: Sequence[str], out: str, s: Dedu
     """Step 1 from a unit's phase-1 chunks (their ``exact`` and ``minhash`` columns), one chunk at a time."""
     started, cpu = time.perf_counter(), time.thread_time()
     writer = FingerprintWriter(ordinal, Path(out), s)
-    columns = [c for c, on in (("exact", s.exact), ("minhash", s.near)) if on]
+    columns = ["exact"] if s.exact else []
+    columns += ["minhash", "sketch"] if s.near else []
     for path in chunk_paths:
         table = pq.read_table(path, columns=columns)
         exact = table.column("exact").to_pylist() if s.exact else None
-        sigs = None
+        sigs = sketches = None
         if s.near:
-            raw = b"".join(table.column("minhash").to_pylist())
-            sigs = np.frombuffer(raw, dtype="<u4").reshape(table.num_rows, s.num_perm)
-        writer.add(exact, sigs)
+            n = table.num_rows
+            sigs = np.frombuffer(b"".join(table.column("minhash").to_pylist()), dtype="<u4").reshape(n, s.num_perm)
+            raw = b"".join(table.column("sketch").to_pylist())
+            sketches = np.frombuffer(raw, dtype="<u4").reshape(n, s.sketch_size)
+        writer.add(exact, sigs, sketches)
     info = writer.close()
     info["seconds"] = {"wall": time.perf_counter() - started, "cpu": time.thread_time() - cpu}
     return info
@@ -206,8 +214,8 @@ def bucket_partition(p: int, unit_dirs: Sequence[str], out: str, s: DedupSetting
         info.update(exact_dropped=len(pairs), exact_groups=groups, exact_largest=largest)
     if s.near:
         candidates = candidate_pairs(_read_records(unit_dirs, f"band-{p:05d}.bin", BAND))
-        with SignatureReader(unit_dirs, s.num_perm) as sigs:
-            edges = verified(candidates, sigs, s.threshold)
+        with SketchReader(unit_dirs, s.sketch_size) as sketches:
+            edges = verified(candidates, sketches, s.threshold)
         _save(out_dir / f"edges-{p:05d}.npy", edges)
         info.update(candidates=len(candidates), edges=len(edges))
     info["seconds"] = {"wall": time.perf_counter() - started, "cpu": time.thread_time() - cpu}
@@ -266,14 +274,14 @@ def unique_edges(edges: np.ndarray) -> np.ndarray:
     return edges[keep]
 
 
-class SignatureReader:
-    """Signatures by rank from the units' ``sigs.bin``, read with ``pread`` (no memory map grows the RSS)."""
+class SketchReader:
+    """Sketches by rank from the units' ``sketches.bin``, read with ``pread`` (no memory map grows the RSS)."""
 
-    def __init__(self, unit_dirs: Sequence[str], num_perm: int) -> None:
-        self.unit_dirs, self.width = unit_dirs, num_perm * 4
+    def __init__(self, unit_dirs: Sequence[str], sketch_size: int) -> None:
+        self.unit_dirs, self.width = unit_dirs, sketch_size * 4
         self._fds: dict[int, int] = {}
 
-    def __enter__(self) -> SignatureReader:
+    def __enter__(self) -> SketchReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -282,31 +290,31 @@ class SignatureReader:
         self._fds.clear()
 
     def read(self, rank: np.ndarray) -> np.ndarray:
-        """``(len(rank), num_perm)`` uint32 signatures, in the order of `rank`."""
+        """``(len(rank), sketch_size)`` uint32 sketches, in the order of `rank`."""
         out = bytearray(len(rank) * self.width)
         view = memoryview(out)
         for i, (u, r) in enumerate(zip(unit_of(rank).tolist(), row_of(rank).tolist(), strict=True)):
             fd = self._fds.get(u)
             if fd is None:
-                fd = self._fds[u] = os.open(Path(self.unit_dirs[u]) / "sigs.bin", os.O_RDONLY)
+                fd = self._fds[u] = os.open(Path(self.unit_dirs[u]) / SKETCHES, os.O_RDONLY)
             got = os.preadv(fd, [view[i * self.width : (i + 1) * self.width]], r * self.width)
             if got != self.width:
-                raise OSError(f"{self.unit_dirs[u]}/sigs.bin: short read at row {r}")
+                raise OSError(f"{self.unit_dirs[u]}/{SKETCHES}: short read at row {r}")
         return np.frombuffer(bytes(out), dtype="<u4").reshape(len(rank), -1)
 
 
-def verified(candidates: np.ndarray, sigs: SignatureReader, threshold: float) -> np.ndarray:
-    """The candidate pairs whose estimated Jaccard (share of equal signature values) reaches `threshold`."""
+def verified(candidates: np.ndarray, sketches: SketchReader, threshold: float) -> np.ndarray:
+    """The candidate pairs whose Jaccard similarity, estimated from their sketches, reaches `threshold`."""
     if not len(candidates):
         return candidates
     nodes, inverse = np.unique(np.concatenate([candidates["a"], candidates["b"]]), return_inverse=True)
-    table = sigs.read(nodes)
+    table = sketches.read(nodes)
     ia, ib = inverse[: len(candidates)], inverse[len(candidates) :]
-    equal = np.empty(len(candidates), dtype=np.float64)
-    for lo in range(0, len(candidates), 65536):  # bounded temporaries
-        hi = lo + 65536
-        equal[lo:hi] = (table[ia[lo:hi]] == table[ib[lo:hi]]).mean(axis=1)
-    return candidates[equal >= threshold]
+    similarity = np.empty(len(candidates), dtype=np.float64)
+    for lo in range(0, len(candidates), 8192):  # bounded temporaries: 8192 x 2k values
+        hi = lo + 8192
+        similarity[lo:hi] = sketch_jaccard(table[ia[lo:hi]], table[ib[lo:hi]])
+    return candidates[similarity >= threshold]
 
 
 def cluster_duplicates(out: str, partitions: int, s: DedupSettings) -> dict[str, Any]:
@@ -369,15 +377,17 @@ def drops_of_unit(drops: np.ndarray, ordinal: int) -> np.ndarray:
     return np.asarray(drops[lo:hi])
 
 
-def find_duplicates(
-    exact: Sequence[bytes] | None, sigs: np.ndarray | None, work: Path, s: DedupSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """All three steps, in this process, for one in-memory batch: row indexes dropped as exact and as near copies.
+def find_duplicates(texts: Sequence[str], work: Path, s: DedupSettings) -> tuple[np.ndarray, np.ndarray]:
+    """All three steps, in this process, for a list of texts: positions dropped as exact and as near copies.
 
     For small inputs and tests; the clean stage runs the same steps as jobs over its units.
     """
+    from tasks.text.dedup import MinHasher, exact_hash
+
+    hasher = MinHasher(s.num_perm)
+    prints = [hasher.fingerprint(t, s.sketch_size) for t in texts]
     writer = FingerprintWriter(0, work / "fp" / "0", s)
-    writer.add(exact, sigs)
+    writer.add([exact_hash(t) for t in texts], np.stack([p[0] for p in prints]), np.stack([p[1] for p in prints]))
     writer.close()
     dirs = [str(work / "fp" / "0")]
     for p in range(s.partitions):

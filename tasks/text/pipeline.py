@@ -5,7 +5,7 @@
 `out_dir` must be on a filesystem the workers share). It streams: one page or record at
 a time, plus one chunk of kept documents, so a worker's memory does not grow with the
 input. Each chunk becomes ``chunk-<n>.parquet`` with the document columns and, per
-document, its exact-dedup hash, MinHash signature, characters and UTF-8 bytes; phase 2
+document, its exact-dedup hash, MinHash signature and bottom-k sketch, characters and UTF-8 bytes; phase 2
 (`tasks.text.assemble`) reads those small columns without the text.
 
 Per document: MediaWiki pages are rendered to plain text (`clean_wikitext`; for ``zh*``
@@ -45,10 +45,9 @@ from tasks.text.wikitext import WikitextOptions, clean_wikitext
 # (phase 3 re-chunks), so these only bound a worker's memory.
 CHUNK_DOCS = 4096
 CHUNK_BYTES = 32 << 20
-FINGERPRINT_COLUMNS = ("exact", "minhash", "chars", "nbytes")
-CHUNK_SCHEMA = pa.schema(
-    [*DOC_SCHEMA, ("exact", pa.binary()), ("minhash", pa.binary()), ("chars", pa.int64()), ("nbytes", pa.int64())]
-)
+FINGERPRINT_COLUMNS = ("exact", "minhash", "sketch", "chars", "nbytes")
+CHUNK_SCHEMA = pa.schema([*DOC_SCHEMA, ("exact", pa.binary()), ("minhash", pa.binary()), ("sketch", pa.binary()),
+                          ("chars", pa.int64()), ("nbytes", pa.int64())])
 DROPPED_FILE = "dropped.parquet"
 DROPPED_SCHEMA = pa.schema([*DOC_SCHEMA, ("reason", pa.string())])
 
@@ -67,6 +66,8 @@ class UnitSettings:
     exact_hash: bool = True
     num_perm: int = 128
     """MinHash permutations; 0 skips signatures (near-duplicate removal off)."""
+    sketch_size: int = 512
+    """Shingle hashes in each document's bottom-k sketch (verifies near-duplicate candidates)."""
 
 
 def chunk_name(n: int) -> str:
@@ -174,6 +175,7 @@ class ChunkWriter:
         self.out = out
         self.hasher = MinHasher(settings.num_perm) if settings.num_perm else None
         self.exact = settings.exact_hash
+        self.sketch_size = settings.sketch_size
         self.columns: dict[str, list[Any]] = {name: [] for name in CHUNK_SCHEMA.names}
         self.bytes = self.docs = self.chunks = 0
         self.fingerprint_cpu = 0.0
@@ -185,7 +187,10 @@ class ChunkWriter:
         nbytes = len(text.encode("utf-8"))
         cpu = time.thread_time()
         row["exact"] = exact_hash(text) if self.exact else b""
-        row["minhash"] = self.hasher.signature(text).astype("<u4").tobytes() if self.hasher else b""
+        row["minhash"] = row["sketch"] = b""
+        if self.hasher:
+            sig, sketch = self.hasher.fingerprint(text, self.sketch_size)
+            row["minhash"], row["sketch"] = sig.astype("<u4").tobytes(), sketch.astype("<u4").tobytes()
         self.fingerprint_cpu += time.thread_time() - cpu
         row["chars"], row["nbytes"] = len(text), nbytes
         for name, values in self.columns.items():

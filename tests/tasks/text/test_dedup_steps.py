@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.text.dedup import MinHasher, estimated_jaccard, exact_hash
+from tasks.text.dedup import EMPTY, MinHasher, bottom_k, estimated_jaccard, exact_hash, sketch_jaccard
 from tasks.text.dedup_steps import (
     EDGE,
     EXACT_DROPS,
     NEAR_DROPS,
     DedupSettings,
     FingerprintWriter,
-    SignatureReader,
+    SketchReader,
     bucket_partition,
     cluster_duplicates,
     component_drops,
@@ -38,6 +38,11 @@ def articles(enwiki_sample: Path) -> list[str]:
     return [t for t in (clean(p["text"]) for p in pages) if len(t.split()) > 400]
 
 
+def fingerprints(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    prints = [HASHER.fingerprint(t, 512) for t in texts]
+    return np.stack([p[0] for p in prints]), np.stack([p[1] for p in prints])
+
+
 def edit(text: str, rate: float, seed: int) -> str:
     """`text` with a share `rate` of its words replaced (each replacement breaks up to 5 shingles)."""
     rng = random.Random(seed)
@@ -57,7 +62,7 @@ def test_a_chain_of_near_copies_collapses_to_its_earliest_document(articles: lis
     assert estimated_jaccard(sa, sd) < 0.8, "the chain's ends are not near copies of each other"
     # Input order: the chain's far end first, unrelated documents between its links.
     texts = [d, articles[1], b, articles[2], a, c, articles[3]]
-    _, near = find_duplicates(None, np.stack([HASHER.signature(t) for t in texts]), tmp_path, DedupSettings())
+    _, near = find_duplicates(texts, tmp_path, DedupSettings())
     assert near.tolist() == [2, 4, 5]  # b, a and c go; d, the earliest of the four, stays
 
 
@@ -65,7 +70,7 @@ def test_a_cluster_of_five_copies_keeps_one(articles: list[str], tmp_path: Path)
     original = articles[4]
     copies = [edit(original, 0.01, seed) for seed in range(4)]
     texts = [articles[5], *copies, articles[6], original]
-    _, near = find_duplicates(None, np.stack([HASHER.signature(t) for t in texts]), tmp_path, DedupSettings())
+    _, near = find_duplicates(texts, tmp_path, DedupSettings())
     assert near.tolist() == [2, 3, 4, 6]
 
 
@@ -75,7 +80,7 @@ def test_controls_below_the_threshold_are_not_merged(articles: list[str], tmp_pa
         texts += [text, edit(text, 0.01 if i % 2 else 0.06, i)]  # J ~0.95 (a copy) or ~0.75 (a control)
         if i % 2:
             expected.append(len(texts) - 1)
-    _, near = find_duplicates(None, np.stack([HASHER.signature(t) for t in texts]), tmp_path, DedupSettings())
+    _, near = find_duplicates(texts, tmp_path, DedupSettings())
     assert near.tolist() == expected
 
 
@@ -87,7 +92,7 @@ def drops(texts: list[str], work: Path, partitions: int, units: int) -> tuple[li
     for k in range(units):
         part = texts[bounds[k] : bounds[k + 1]]
         writer = FingerprintWriter(k, work / "fp" / str(k), s)
-        writer.add([exact_hash(t) for t in part], np.stack([HASHER.signature(t) for t in part]))
+        writer.add([exact_hash(t) for t in part], *fingerprints(part))
         writer.close()
         dirs.append(str(work / "fp" / str(k)))
     for p in range(partitions):
@@ -117,21 +122,21 @@ def test_a_step_run_again_writes_the_same_bytes(articles: list[str], tmp_path: P
     """What resuming after a kill -9 relies on: a leftover ``.partial`` is discarded, outputs are rewritten equal."""
     s = DedupSettings(partitions=2)
     texts = articles[:10] + [edit(articles[0], 0.01, 0)]
-    sigs = np.stack([HASHER.signature(t) for t in texts])
+    prints = fingerprints(texts)
     out = tmp_path / "fp" / "0"
     (tmp_path / "fp" / "0.partial").mkdir(parents=True)
     (tmp_path / "fp" / "0.partial" / "band-00000.bin").write_bytes(b"half written")
-    for attempt in range(2):
+    digests: list[dict[str, str]] = []
+    for _ in range(2):
         writer = FingerprintWriter(0, out, s)
-        writer.add([exact_hash(t) for t in texts], sigs)
+        writer.add([exact_hash(t) for t in texts], *prints)
         writer.close()
         for p in range(2):
             bucket_partition(p, [str(out)], str(tmp_path), s)
         cluster_duplicates(str(tmp_path), 2, s)
-        digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(tmp_path.rglob("*")) if f.is_file()}
-        if attempt:
-            assert digest == first
-        first = digest
+        digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+                        for f in sorted(tmp_path.rglob("*")) if f.is_file()})
+    assert digests[0] == digests[1]
     assert not (tmp_path / "fp" / "0.partial").exists()
     assert np.load(tmp_path / NEAR_DROPS)["doc"].tolist() == [10]
 
@@ -154,10 +159,48 @@ def test_partitions_grow_with_documents_and_signatures_are_read_by_rank(tmp_path
     assert partitions_for(1000, s) == 1
     assert partitions_for(210_000_000, s) > partitions_for(3_000_000, s) > 1
     sigs = np.arange(3 * 128, dtype=np.uint32).reshape(3, 128)
+    sketches = np.arange(3 * 512, dtype=np.uint32).reshape(3, 512)
     writer = FingerprintWriter(0, tmp_path / "u", DedupSettings(exact=False))
-    writer.add(None, sigs)
+    writer.add(None, sigs, sketches)
     writer.close()
-    with SignatureReader([str(tmp_path / "u")], 128) as reader:
-        assert np.array_equal(reader.read(ranks(0, 0, 3)[::-1]), sigs[::-1])
+    with SketchReader([str(tmp_path / "u")], 512) as reader:
+        assert np.array_equal(reader.read(ranks(0, 0, 3)[::-1]), sketches[::-1])
         with pytest.raises(OSError, match="short read at row 5"):
             reader.read(ranks(0, 5, 1))
+
+
+def true_jaccard(a: str, b: str) -> float:
+    x, y = set(HASHER.shingle_hashes(a).tolist()), set(HASHER.shingle_hashes(b).tolist())
+    return len(x & y) / len(x | y)
+
+
+def test_sketches_estimate_jaccard_closer_than_signatures(articles: list[str]) -> None:
+    long = [t for t in articles if len(t.split()) > 2000][:6]
+    assert len(long) == 6
+    errors_sketch, errors_sig = [], []
+    for i, text in enumerate(long):
+        for rate in (0.01, 0.02, 0.04):
+            other = edit(text, rate, i)
+            (sa, ka), (sb, kb) = HASHER.fingerprint(text, 512), HASHER.fingerprint(other, 512)
+            true = true_jaccard(text, other)
+            errors_sketch.append(abs(float(sketch_jaccard(ka[None], kb[None])[0]) - true))
+            errors_sig.append(abs(estimated_jaccard(sa, sb) - true))
+    assert max(errors_sketch) < 0.06 and np.mean(errors_sketch) < 0.6 * np.mean(errors_sig)
+
+
+def test_a_sketch_is_exact_for_short_texts_and_matches_a_plain_reference(articles: list[str]) -> None:
+    short = " ".join(articles[0].split()[:200])
+    other = edit(short, 0.05, 1)
+    ka, kb = bottom_k(HASHER.shingle_hashes(short), 512), bottom_k(HASHER.shingle_hashes(other), 512)
+    assert int((ka != EMPTY).sum()) == len(set(HASHER.shingle_hashes(short).tolist()))
+    assert abs(float(sketch_jaccard(ka[None], kb[None])[0]) - true_jaccard(short, other)) < 1e-3  # 32-bit values
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # the vectorized estimator against the definition, on random sets larger than k
+        pool = rng.choice(2**32 - 1, 3000, replace=False).astype(np.uint32)
+        a, b = set(pool[:2000].tolist()), set(pool[rng.integers(500, 1000):][:2000].tolist())
+        k = 256
+        sa, sb = sorted(a)[:k], sorted(b)[:k]
+        union_k = sorted(set(sa) | set(sb))[:k]
+        expected = sum(v in a and v in b for v in union_k) / k
+        got = sketch_jaccard(np.array([sa], dtype=np.uint32), np.array([sb], dtype=np.uint32))[0]
+        assert got == expected
