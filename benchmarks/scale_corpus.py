@@ -65,7 +65,7 @@ SAMPLES = {
 }
 BG_SHARE = 0.03
 """Share of the wiki third that is Bulgarian: the bgwiki sample has one article, so keep it small."""
-FILE_TEXT = {"wiki": 400e6, "wudao": 150e6, "pile": 150e6}
+FILE_TEXT = {"wiki": 200e6, "wudao": 150e6, "pile": 150e6}
 """Most text bytes per output file (the unit of parallel work)."""
 DOC_MEDIAN = 3500.0
 DOC_SIGMA = 0.6
