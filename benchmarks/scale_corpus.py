@@ -364,7 +364,11 @@ def slot_sizes(seed: int, spec: FileSpec) -> np.ndarray:
     """Planned text bytes of every slot of a file, scaled to sum to its `text_bytes`."""
     rng = np.random.default_rng([seed, spec.fid, 0x5123])
     raw = np.clip(rng.lognormal(np.log(DOC_MEDIAN), DOC_SIGMA, spec.n_docs), DOC_MIN, DOC_MAX)
-    return np.maximum(DOC_MIN // 2, (raw * (spec.text_bytes / raw.sum()))).astype(np.int64)
+    floor = WIKI_MIN if spec.fmt == "wiki" else DOC_MIN // 2
+    sizes = raw * (spec.text_bytes / raw.sum())
+    for _ in range(4):  # the floor adds bytes: shrink the rest until the sum is right again
+        sizes *= spec.text_bytes / np.maximum(floor, sizes).sum()
+    return np.maximum(floor, sizes).astype(np.int64)
 
 
 def _pick(rng: np.random.Generator, lens: np.ndarray, size: int, mean: float) -> np.ndarray:
@@ -454,10 +458,10 @@ def cached_pool(lang: str, seed: int) -> Pool:
 class Maker:
     """Texts of documents from their recipes; memoizes slot sizes per file."""
 
-    def __init__(self, seed: int, specs: Sequence[FileSpec], pools: dict[str, Pool]) -> None:
+    def __init__(self, seed: int, specs: Sequence[FileSpec], pools: dict[str, Pool], plan: Plan) -> None:
         from tasks.text.dedup import MinHasher
 
-        self.seed, self.specs, self.pools = seed, specs, pools
+        self.seed, self.specs, self.pools, self.plan = seed, specs, pools, plan
         self.hasher = MinHasher()
         self._sizes: dict[int, np.ndarray] = {}
 
@@ -466,7 +470,10 @@ class Maker:
             if len(self._sizes) > 64:
                 self._sizes.clear()
             self._sizes[fid] = slot_sizes(self.seed, self.specs[fid])
-        return int(self._sizes[fid][slot])
+        size = int(self._sizes[fid][slot])
+        if slot in self.plan.originals.get(fid, ()) or slot in self.plan.roles.get(fid, {}):
+            return size  # others regenerate it (originals) or it takes its original's length (copies)
+        return int(size * self.plan.scale.get(fid, 1.0))
 
     def base(self, fid: int, slot: int) -> tuple[str, str]:
         """(title, text) of the document a slot holds when it is no copy."""
@@ -568,6 +575,11 @@ class Plan:
     """fid -> slot -> role of every planted copy."""
     groups: list[dict[str, Any]] = field(default_factory=list)
     """Each: kind, original (fid, slot), copies [(fid, slot, target)], chain flag."""
+    originals: dict[int, set[int]] = field(default_factory=dict)
+    """fid -> slots that are the original of a group."""
+    scale: dict[int, float] = field(default_factory=dict)
+    """fid -> factor on the planned size of its other slots, so that the file still holds its share of text
+    (near copies are of long originals: without it the corpus came out ~3 % over)."""
 
 
 def plan_duplicates(specs: Sequence[FileSpec], seed: int) -> Plan:
@@ -620,6 +632,7 @@ def plan_duplicates(specs: Sequence[FileSpec], seed: int) -> Plan:
         if orig is None:
             return
         used.add(orig)
+        plan.originals.setdefault(orig[0], set()).add(orig[1])
         group = len(plan.groups)
         copies: list[tuple[int, int, float | None]] = []
         parent: Recipe = ("base", *orig)
@@ -656,6 +669,13 @@ def plan_duplicates(specs: Sequence[FileSpec], seed: int) -> Plan:
     n_wiki = sum(s.n_docs for s in wiki)
     for _ in range(max(1, int(PLANT_FRACTION / 2 * n_wiki))):
         add("exact", wiki, [None])
+    for spec in plain:
+        fixed = sum(int(sizes[spec.fid][slot]) for slot in plan.originals.get(spec.fid, ()))
+        fixed += sum(int(sizes[role.original[0]][role.original[1]]) for role in plan.roles.get(spec.fid, {}).values())
+        planted = set(plan.originals.get(spec.fid, ())) | set(plan.roles.get(spec.fid, {}))
+        free = int(sizes[spec.fid].sum()) - sum(int(sizes[spec.fid][slot]) for slot in planted)
+        if free > 0:
+            plan.scale[spec.fid] = max(0.5, min(1.5, (spec.text_bytes - fixed) / free))
     return plan
 
 
@@ -737,7 +757,7 @@ def _doc_text(maker: Maker, spec: FileSpec, slot: int, res: Result) -> tuple[str
 def write_file(fid: int) -> Result:
     spec = _SPECS[fid]
     started = time.perf_counter()
-    maker = Maker(_SEED, _SPECS, _POOLS)
+    maker = Maker(_SEED, _SPECS, _POOLS, _PLAN)
     res = Result(spec)
     from storage.atomic import atomic_path
 
