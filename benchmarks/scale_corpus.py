@@ -11,6 +11,12 @@ Layout under ``--out``::
     wudao/part-NNNN.json        JSON arrays of {"id", "dataType", "title", "content"}
     pile/NN.jsonl.zst           lines {"text", "meta": {"pile_set_name"}}, zstd level 3
     truth.json                  the planted duplicates, with their measured Jaccard
+    _run.json                   timings of this run ("_": Kiln's input discovery skips it)
+
+Give Kiln's clean stage the three folders, not ``--out`` itself (it would read truth.json as
+WuDao). Split dumps are named ``X-pApB.xml.bz2`` + ``X-pApB-index.txt.bz2``, not Wikimedia's
+``X.xml-pApB.bz2`` + ``...-index1.txt-pApB.bz2``: Kiln pairs a dump with its index only by the
+``X.xml.bz2`` / ``X-index.txt.bz2`` rule (`tasks.text.units`), and would not split the latter.
 
 Why it looks real: every sentence comes from the real pages the gensim wheel ships (the
 enwiki and bgwiki samples the tests use), perturbed: word substitutions from the samples'
