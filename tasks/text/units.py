@@ -31,6 +31,10 @@ from tasks.text.mediawiki import stream_ranges
 from tasks.text.sources import check_compression, detect_format, expand_inputs
 
 INDEX_SUFFIXES = ("-index.txt.bz2", "-index.txt")
+# Wikimedia splits big dumps in parts, each with its own index:
+#   enwiki-20240601-pages-articles-multistream1.xml-p1p41242.bz2
+#   enwiki-20240601-pages-articles-multistream-index1.txt-p1p41242.bz2
+_SPLIT_INDEX = re.compile(r"^(?P<head>.*-multistream)-index(?P<part>\d*)\.txt(?P<pages>-p\d+p\d+)?\.bz2$")
 # Wikimedia names dumps after the wiki's database name: "zhwiki-20240601-...", "zh_yuewiki-latest-...".
 _WIKI_NAME = re.compile(r"^([a-z][a-z0-9_]*?)wiki-")
 
@@ -78,8 +82,8 @@ def discover_inputs(local: Sequence[Path], patterns: Sequence[str], language: st
     twice = sorted(p for p, n in Counter(paths).items() if n > 1)
     if twice:
         raise KilnError(f"{twice[0]}: input listed twice (in the download artifact and clean.inputs?)")
-    indexes = {_dump_of_index(p): p for p in paths if basename(p).endswith(INDEX_SUFFIXES)}
-    dumps = [p for p in paths if not basename(p).endswith(INDEX_SUFFIXES)]
+    indexes = {_dump_of_index(p): p for p in paths if is_index(p)}
+    dumps = [p for p in paths if not is_index(p)]
     known = set(dumps)
     for dump, index in indexes.items():
         if dump not in known:
@@ -227,7 +231,19 @@ def input_fingerprints(patterns: Sequence[str]) -> Iterator[tuple[str, str]]:
             yield path, fingerprint(path)
 
 
+def is_index(path: str) -> bool:
+    """Whether `path` names a multistream index (``X-index.txt.bz2``, or a Wikimedia part's index)."""
+    name = basename(path)
+    return name.endswith(INDEX_SUFFIXES) or bool(_SPLIT_INDEX.match(name))
+
+
 def _dump_of_index(index_path: str) -> str:
+    """The dump an index belongs to, beside it: ``X.xml.bz2`` for ``X-index.txt.bz2``; for a Wikimedia part
+    ``…-multistream-index3.txt-p1p9.bz2`` it is ``…-multistream3.xml-p1p9.bz2``."""
+    folder, name = index_path[: len(index_path) - len(basename(index_path))], basename(index_path)
+    m = _SPLIT_INDEX.match(name)
+    if m and (m["part"] or m["pages"]):
+        return f"{folder}{m['head']}{m['part']}.xml{m['pages'] or ''}.bz2"
     for suffix in INDEX_SUFFIXES:
         if index_path.endswith(suffix):
             return index_path[: -len(suffix)] + ".xml.bz2"

@@ -47,3 +47,24 @@ def test_discover_inputs_gives_each_file_its_label(tmp_path: Path) -> None:
     assert [(f.index, f.label, f.source) for f in files] == [(0, "a/part", "wudao"), (1, "b/part", "wudao")]
     with pytest.raises(KilnError, match="input listed twice"):
         discover_inputs([], [str(tmp_path / "a"), str(tmp_path / "a" / "part.json")], "en")
+
+
+def test_wikimedia_dump_parts_pair_with_their_indexes(tmp_path: Path, enwiki_sample: Path) -> None:
+    """enwiki ships in parts: ``…-multistream1.xml-p1p41242.bz2`` with ``…-multistream-index1.txt-p1p41242.bz2``."""
+    import bz2
+
+    from tasks.text.multistream import write_multistream
+    from tasks.text.units import plan_units
+
+    xml = bz2.decompress(enwiki_sample.read_bytes())
+    names = []
+    for part, pages in ((1, "p1p41242"), (2, "p41243p151573")):
+        index = write_multistream(xml, tmp_path / "tmp.xml.bz2", pages_per_stream=50)
+        dump = tmp_path / f"enwiki-20240601-pages-articles-multistream{part}.xml-{pages}.bz2"
+        (tmp_path / "tmp.xml.bz2").rename(dump)
+        index.rename(tmp_path / f"enwiki-20240601-pages-articles-multistream-index{part}.txt-{pages}.bz2")
+        names.append(dump.name)
+    inputs = discover_inputs(sorted(tmp_path.iterdir()), [], "en")
+    assert [Path(f.path).name for f in inputs] == names
+    assert all(f.fmt == "mediawiki" and f.language == "en" and "-index" in f.index_path for f in inputs)
+    assert len(plan_units(inputs, streams_per_unit=2)) == 2 * 3  # 206 pages: 5 streams of 50 → 3 units per part
