@@ -63,13 +63,14 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def workers(self) -> list[Any]:
-        procs = []
-        for root in self.roots:
+        """Every process but the driver: the cluster's (the driver started them) and an embedded cluster's."""
+        procs: dict[int, Any] = {}
+        for root in [*self.roots, self.me]:
             with contextlib.suppress(self.psutil.Error):
-                procs += [root, *root.children(recursive=True)]
-        with contextlib.suppress(self.psutil.Error):
-            procs += self.me.children(recursive=True)  # an embedded LocalCluster's workers
-        return procs
+                for p in [root, *root.children(recursive=True)]:
+                    procs.setdefault(p.pid, p)
+        procs.pop(self.me.pid, None)
+        return list(procs.values())
 
     def _run(self) -> None:
         while not self._stop.is_set():

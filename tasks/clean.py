@@ -359,7 +359,6 @@ def _assemble_settings(cfg: CleanConfig) -> assemble.AssembleSettings:
     return assemble.AssembleSettings(
         exact=cfg.dedup,
         near=cfg.near_dedup,
-        threshold=cfg.near_dedup_threshold,
         docs_per_shard=cfg.docs_per_shard,
         shard_bytes=int(cfg.shard_mb * MB),
         engine=cfg.parquet_engine,

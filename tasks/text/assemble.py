@@ -50,7 +50,6 @@ class AssembleSettings:
 
     exact: bool = True
     near: bool = True
-    threshold: float = 0.8
     docs_per_shard: int = 100_000
     shard_bytes: int = 64 << 20
     engine: Engine = "pyarrow"
