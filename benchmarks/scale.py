@@ -57,28 +57,35 @@ class Sampler:
 
         self.psutil, self.period = psutil, period
         self.me = psutil.Process()
+        self.driver: Any = None
+        """The process running the current stage (a child started per stage), if any."""
         self.roots = [psutil.Process(pid) for pid in worker_roots]
         self.samples: list[tuple[float, float, float]] = []  # (time, driver GB, largest worker GB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def workers(self) -> list[Any]:
-        """Every process but the driver: the cluster's (the driver started them) and an embedded cluster's."""
+    def workers(self, cluster_only: bool = False) -> list[Any]:
+        """The cluster's processes, and (unless `cluster_only`) any the stage's driver started."""
         procs: dict[int, Any] = {}
-        for root in [*self.roots, self.me]:
+        roots = [*self.roots] if cluster_only else [*self.roots, self.me]
+        for root in roots:
             with contextlib.suppress(self.psutil.Error):
                 for p in [root, *root.children(recursive=True)]:
                     procs.setdefault(p.pid, p)
-        procs.pop(self.me.pid, None)
+        for skip in (self.me, self.driver):
+            if skip is not None:
+                procs.pop(skip.pid, None)
         return list(procs.values())
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            worst = 0.0
+            worst = driver = 0.0
             for p in self.workers():
                 with contextlib.suppress(self.psutil.Error):
                     worst = max(worst, p.memory_info().rss / GB)
-            self.samples.append((time.time(), self.me.memory_info().rss / GB, worst))
+            with contextlib.suppress(self.psutil.Error, AttributeError):
+                driver = self.driver.memory_info().rss / GB
+            self.samples.append((time.time(), driver, worst))
             self._stop.wait(self.period)
 
     def __enter__(self) -> Sampler:
@@ -94,10 +101,10 @@ class Sampler:
         window = [s for s in self.samples if start <= s[0] <= end] or self.samples[-1:]
         return round(max(s[1] for s in window), 3), round(max(s[2] for s in window), 3)
 
-    def cpu(self) -> float:
-        """User+system seconds of the driver (its threads) and every tracked process, now."""
-        total = sum(self.me.cpu_times()[:2])
-        for p in self.workers():
+    def cluster_cpu(self) -> float:
+        """User+system seconds of the cluster's processes (they live through all stages), now."""
+        total = 0.0
+        for p in self.workers(cluster_only=True):
             with contextlib.suppress(self.psutil.Error):
                 total += sum(p.cpu_times()[:2])
         return total
@@ -233,10 +240,7 @@ def kept_ids(docs_dir: Path) -> set[str]:
 def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, check_workers: bool) -> dict[str, Any]:
     """One size, in this (child) process."""
     from storage.store import open_store
-    from tasks.clean import CleanConfig, clean
     from tasks.download import DownloadConfig, download
-    from tasks.pretokenize import PretokenizeConfig, pretokenize
-    from tasks.tokenizer import TokenizerConfig, train_tokenizer
 
     corpus, summary = make_corpus(work, gb, seed, workers)
     text_gb = summary["text_bytes"] / GB
@@ -246,22 +250,35 @@ def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, ch
     store = open_store(store_root)
     with dask_cluster(workers, work / "logs" / f"{gb:g}gb") as (address, pids), Sampler(pids) as sampler:
         raw = download(DownloadConfig(sources=[]), store)
-        cfg = CleanConfig(inputs=corpus_inputs(corpus), dask_address=address, language="en")
 
-        def stage(name: str, fn: Any) -> Any:
-            cpu, start = sampler.cpu(), time.time()
-            ref = fn()
+        def stage(name: str) -> Path:
+            """Run one stage in a fresh driver process (earlier ones are Cached there), measured."""
+            cpu, start = sampler.cluster_cpu(), time.time()
+            cmd = [sys.executable, "-m", "benchmarks.scale", "--work", str(work), "--stage", name, "--store",
+                   str(store_root), "--corpus", str(corpus), "--address", address]
+            with open(work / "logs" / f"{gb:g}gb" / f"{name}.log", "w") as log:
+                proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                                        env={**os.environ, "PYTHONPATH": str(REPO)})
+                sampler.driver = sampler.psutil.Process(proc.pid)
+                assert proc.stdout is not None
+                out = proc.stdout.read()
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
             end = time.time()
-            cpu_s = sampler.cpu() - cpu
+            sampler.driver = None
+            if proc.returncode:
+                raise SystemExit(f"stage {name} failed ({proc.returncode}); see {log.name}")
+            driver_cpu = usage.ru_utime + usage.ru_stime  # the driver and whatever it started and waited for
+            cpu_s = driver_cpu + sampler.cluster_cpu() - cpu
             driver, worker = sampler.peaks(start, end)
             result["stages"][name] = {"wall_s": round(end - start, 1), "cpu_s": round(cpu_s, 1),
-                                      "cpu_s_per_gb": round(cpu_s / text_gb, 1),
+                                      "cpu_s_per_gb": round(cpu_s / text_gb, 1), "driver_cpu_s": round(driver_cpu, 1),
                                       "peak_rss_gb_driver": driver, "peak_rss_gb_per_worker": worker}
             print(f"[scale {gb:g} GB] {name}: {result['stages'][name]}", file=sys.stderr, flush=True)
-            return ref
+            return Path(json.loads(out.strip().splitlines()[-1])["path"])
 
-        docs = stage("clean", lambda: clean(raw, cfg, store))
-        manifest = store.manifest(docs)
+        docs_path = stage("clean")
+        manifest = json.loads((docs_path / "manifest.json").read_text())
         run = manifest["run"]
         driver, worker = sampler.peaks(run["phase1_done_at"], run["dedup_done_at"])
         plan_s = run["dedup_done_at"] - run["phase1_done_at"] - run["dedup_steps_wall_s"] / max(1, workers)
@@ -273,21 +290,40 @@ def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, ch
             "note": "part of clean: fingerprint CPU inside phase 1 + the dedup steps + the driver's filter pass"}
         result["clean_run"] = run
         result["clean_counts"] = manifest["counts"]
-        report = json.loads((docs.path / "report.json").read_text())
+        report = json.loads((docs_path / "report.json").read_text())
         result["clean_report"] = {"total": report["total"], "duplicates": report.get("duplicates")}
-        tok = stage("tokenizer", lambda: train_tokenizer(docs, TokenizerConfig(vocab_size=32000), store))
-        pre = stage("pretokenize", lambda: pretokenize(docs, tok, PretokenizeConfig(dask_address=address), store))
-        result["pretokenize_counts"] = store.manifest(pre)["counts"]
+        stage("tokenizer")
+        pre_path = stage("pretokenize")
+        result["pretokenize_counts"] = json.loads((pre_path / "manifest.json").read_text())["counts"]
         if datatrove:
             result["datatrove"] = compare_with_datatrove(work, corpus, raw, store, address)
     counts = result["clean_counts"]
-    result["dedup_quality"] = score(corpus, kept_ids(docs.path / "docs"), dedup_drops(counts), filter_drops(counts))
+    result["dedup_quality"] = score(corpus, kept_ids(docs_path / "docs"), dedup_drops(counts), filter_drops(counts))
     if check_workers:
-        result["one_worker_identical"] = same_with_one_worker(work, corpus, store, docs)
+        result["one_worker_identical"] = same_with_one_worker(work, corpus, manifest)
     return result
 
 
-def same_with_one_worker(work: Path, corpus: Path, store: Any, docs: Any) -> bool:
+def run_stage(name: str, store_root: Path, corpus: Path, address: str) -> Path:
+    """A stage's driver: the real stage functions, each earlier one Cached from the store; the artifact's path."""
+    from storage.store import open_store
+    from tasks.clean import CleanConfig, clean
+    from tasks.download import DownloadConfig, download
+    from tasks.pretokenize import PretokenizeConfig, pretokenize
+    from tasks.tokenizer import TokenizerConfig, train_tokenizer
+
+    store = open_store(store_root)
+    ref = download(DownloadConfig(sources=[]), store)
+    docs = clean(ref, CleanConfig(inputs=corpus_inputs(corpus), dask_address=address, language="en"), store)
+    if name == "clean":
+        return docs.path
+    tok = train_tokenizer(docs, TokenizerConfig(vocab_size=32000), store)
+    if name == "tokenizer":
+        return tok.path
+    return pretokenize(docs, tok, PretokenizeConfig(dask_address=address), store).path
+
+
+def same_with_one_worker(work: Path, corpus: Path, manifest: dict[str, Any]) -> bool:
     """The clean stage on an embedded 1-worker cluster, in another store: the same files as with 2."""
     from storage.store import open_store
     from tasks.clean import CleanConfig, clean
@@ -296,7 +332,7 @@ def same_with_one_worker(work: Path, corpus: Path, store: Any, docs: Any) -> boo
     other = open_store(work / "store-one-worker")
     ref = clean(download(DownloadConfig(sources=[]), other),
                 CleanConfig(inputs=corpus_inputs(corpus), engine="dask", workers=1, language="en"), other)
-    same = other.manifest(ref)["files"] == store.manifest(docs)["files"]
+    same = other.manifest(ref)["files"] == manifest["files"]
     shutil.rmtree(work / "store-one-worker", ignore_errors=True)
     return bool(same)
 
@@ -350,7 +386,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the corpora and stores")
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child running one size
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # a child driving one stage
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stage:
+        print(json.dumps({"path": str(run_stage(args.stage, args.store, args.corpus, args.address))}))
+        return
     work = args.work.resolve()
     if work.is_relative_to(REPO):
         raise SystemExit(f"{work}: put the scale corpora outside the repository")
