@@ -15,7 +15,8 @@ filter); NeMo Curator runs the same shuffle on GPUs. Here, for the clean stage's
    exact hashes: all but the lowest rank are dropped (``(doc, survivor)`` pairs). Equal band
    keys: each member is paired with up to `PAIR_FANOUT` earlier members of the bucket, and
    every candidate pair is verified by its Jaccard similarity estimated from the two bottom-k
-   sketches (`dedup.sketch_jaccard`, read from ``sketches.bin``) before it becomes an edge. Memory: one partition,
+   sketches (`dedup.sketch_jaccard`, read from ``sketches.bin`` a batch of pairs at a time)
+   before it becomes an edge. Memory: one partition,
    ``~(16 x bands + 24) x documents / P`` bytes; `partitions_for` picks P for ~64 MiB.
 3. `cluster_duplicates` (one job): connected components of all verified edges; every member
    of a component but its lowest rank is dropped. Its memory grows with the *duplicate*
@@ -303,18 +304,25 @@ class SketchReader:
         return np.frombuffer(bytes(out), dtype="<u4").reshape(len(rank), -1)
 
 
+VERIFY_BATCH = 8192
+"""Candidate pairs verified at a time: at most 2 x 8192 sketches (32 MiB at 512) in memory, however many candidates."""
+
+
 def verified(candidates: np.ndarray, sketches: SketchReader, threshold: float) -> np.ndarray:
-    """The candidate pairs whose Jaccard similarity, estimated from their sketches, reaches `threshold`."""
-    if not len(candidates):
-        return candidates
-    nodes, inverse = np.unique(np.concatenate([candidates["a"], candidates["b"]]), return_inverse=True)
-    table = sketches.read(nodes)
-    ia, ib = inverse[: len(candidates)], inverse[len(candidates) :]
-    similarity = np.empty(len(candidates), dtype=np.float64)
-    for lo in range(0, len(candidates), 8192):  # bounded temporaries: 8192 x 2k values
-        hi = lo + 8192
-        similarity[lo:hi] = sketch_jaccard(table[ia[lo:hi]], table[ib[lo:hi]])
-    return candidates[similarity >= threshold]
+    """The candidate pairs whose Jaccard similarity, estimated from their sketches, reaches `threshold`.
+
+    In batches, each reading only its own pairs' sketches: the number of candidates grows
+    faster than the corpus (unrelated documents sharing a few sentences collide by chance),
+    so holding all their sketches at once would not stay bounded.
+    """
+    keep = np.zeros(len(candidates), dtype=bool)
+    for lo in range(0, len(candidates), VERIFY_BATCH):
+        batch = candidates[lo : lo + VERIFY_BATCH]
+        nodes, inverse = np.unique(np.concatenate([batch["a"], batch["b"]]), return_inverse=True)
+        table = sketches.read(nodes)
+        similarity = sketch_jaccard(table[inverse[: len(batch)]], table[inverse[len(batch) :]])
+        keep[lo : lo + len(batch)] = similarity >= threshold
+    return candidates[keep]
 
 
 def cluster_duplicates(out: str, partitions: int, s: DedupSettings) -> dict[str, Any]:

@@ -204,3 +204,14 @@ def test_a_sketch_is_exact_for_short_texts_and_matches_a_plain_reference(article
         expected = sum(v in a and v in b for v in union_k) / k
         got = sketch_jaccard(np.array([sa], dtype=np.uint32), np.array([sb], dtype=np.uint32))[0]
         assert got == expected
+
+
+def test_verification_in_batches_keeps_the_same_edges(articles: list[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.text import dedup_steps
+
+    texts = list(articles[:30]) + [edit(articles[i], 0.01 if i % 2 else 0.05, i) for i in range(30)]
+    whole = find_duplicates(texts, tmp_path / "whole", DedupSettings())
+    monkeypatch.setattr(dedup_steps, "VERIFY_BATCH", 3)
+    batched = find_duplicates(texts, tmp_path / "batched", DedupSettings())
+    assert [a.tolist() for a in batched] == [a.tolist() for a in whole] and len(whole[1]) >= 15
