@@ -378,7 +378,7 @@ def summarize(per_size: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="corpora, stores and logs (outside the repo)")
     parser.add_argument("--sizes", type=float, nargs="+", default=[0.1, 1.0, 10.0])
     parser.add_argument("--datatrove-gb", type=float, default=1.0)

@@ -297,7 +297,7 @@ class SketchReader:
         for i, (u, r) in enumerate(zip(unit_of(rank).tolist(), row_of(rank).tolist(), strict=True)):
             fd = self._fds.get(u)
             if fd is None:
-                fd = self._fds[u] = os.open(Path(self.unit_dirs[u]) / SKETCHES, os.O_RDONLY)
+                fd = self._fds[u] = os.open(Path(self.unit_dirs[int(u)]) / SKETCHES, os.O_RDONLY)
             got = os.preadv(fd, [view[i * self.width : (i + 1) * self.width]], r * self.width)
             if got != self.width:
                 raise OSError(f"{self.unit_dirs[u]}/{SKETCHES}: short read at row {r}")
