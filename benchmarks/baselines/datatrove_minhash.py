@@ -193,18 +193,12 @@ def run_datatrove(parquet_files: list[Path], work: Path, tasks: int = 2, num_buc
 
 
 def _kiln_unit(ordinal: int, path: str, out: str, s: Any) -> dict[str, Any]:
-    """Step 1 for one shard: exact hashes and signatures of its texts, a batch at a time, into partitioned records."""
-    from tasks.text.dedup import MinHasher, exact_hash
-    from tasks.text.dedup_steps import FingerprintWriter
+    """Step 1 for one shard: exact hashes, signatures and sketches of its texts, a batch at a time."""
+    from tasks.text.dedup_steps import FingerprintWriter, fingerprint_texts
 
-    hasher = MinHasher(s.num_perm)
     writer = FingerprintWriter(ordinal, Path(out), s)
     for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=["text"]):
-        texts = [t or "" for t in batch.column(0).to_pylist()]
-        prints = [hasher.fingerprint(t, s.sketch_size) for t in texts]  # what the clean stage's phase 1 computes
-        sigs = np.stack([p[0] for p in prints]) if prints else np.zeros((0, s.num_perm), dtype=np.uint32)
-        sketches = np.stack([p[1] for p in prints]) if prints else np.zeros((0, s.sketch_size), dtype=np.uint32)
-        writer.add([exact_hash(t) for t in texts], sigs, sketches)
+        writer.add(*fingerprint_texts([t or "" for t in batch.column(0).to_pylist()], s))
     return writer.close()
 
 

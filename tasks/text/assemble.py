@@ -210,30 +210,24 @@ def shard_jobs(work: Path, out_dir: Path, s: AssembleSettings) -> Iterator[tuple
     plan = json.loads((work / "dedup" / PLAN_FILE).read_text())
     chunks = plan["chunks"]
     firsts = np.array([c[2] for c in chunks], dtype=np.int64)
-    loaded: tuple[str, np.ndarray, int] | None = None  # (unit, keep mask, its first global position)
+    unit_first: dict[str, int] = {}
+    for unit, _, first, _ in chunks:  # a unit's chunks are consecutive: its first row's global position
+        unit_first.setdefault(unit, first)
+    loaded: tuple[str, np.ndarray] | None = None  # (unit, its keep mask)
     for inp, k, start, end, _ in plan["shards"]:
         pieces = []
         ci = int(np.searchsorted(firsts, start, side="right")) - 1
         while ci < len(chunks) and chunks[ci][2] < end:
             unit, c, first, rows = chunks[ci]
             if loaded is None or loaded[0] != unit:
-                loaded = (unit, np.load(keep_path(work, unit)), first - _rows_before(chunks, ci, unit))
-            _, keep, unit_first = loaded
+                loaded = (unit, np.load(keep_path(work, unit)))
+            keep, base = loaded[1], unit_first[unit]
             lo, hi = max(start, first), min(end, first + rows)
-            rows_kept = np.flatnonzero(keep[lo - unit_first : hi - unit_first]) + (lo - first)
+            rows_kept = np.flatnonzero(keep[lo - base : hi - base]) + (lo - first)
             if len(rows_kept):
                 pieces.append((str(unit_dir(work, unit) / chunk_name(c)), rows_kept))
             ci += 1
         yield shard_name(inp, k), (pieces, str(out_dir), inp, k, s.engine, s.jsonl_lines)
-
-
-def _rows_before(chunks: list[list[Any]], ci: int, unit: str) -> int:
-    """Rows of `unit` in the chunks before chunk `ci` (its chunks are consecutive in the table)."""
-    total = 0
-    while ci > 0 and chunks[ci - 1][0] == unit:
-        ci -= 1
-        total += chunks[ci][3]
-    return total
 
 
 def write_shard(

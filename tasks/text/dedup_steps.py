@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path
-from tasks.text.dedup import EMPTY, lsh_params, sketch_jaccard
+from tasks.text.dedup import EMPTY, MinHasher, exact_hash, lsh_params, sketch_jaccard
 from tasks.text.features import mix64
 
 ROW_BITS = 32
@@ -385,17 +385,22 @@ def drops_of_unit(drops: np.ndarray, ordinal: int) -> np.ndarray:
     return np.asarray(drops[lo:hi])
 
 
+def fingerprint_texts(texts: Sequence[str], s: DedupSettings) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Exact digests, signatures and sketches of texts, as the clean stage's phase 1 computes them per document."""
+    hasher = MinHasher(s.num_perm)
+    prints = [hasher.fingerprint(t, s.sketch_size) for t in texts]
+    sigs = np.stack([p[0] for p in prints]) if prints else np.zeros((0, s.num_perm), dtype=np.uint32)
+    sketches = np.stack([p[1] for p in prints]) if prints else np.zeros((0, s.sketch_size), dtype=np.uint32)
+    return [exact_hash(t) for t in texts], sigs, sketches
+
+
 def find_duplicates(texts: Sequence[str], work: Path, s: DedupSettings) -> tuple[np.ndarray, np.ndarray]:
     """All three steps, in this process, for a list of texts: positions dropped as exact and as near copies.
 
     For small inputs and tests; the clean stage runs the same steps as jobs over its units.
     """
-    from tasks.text.dedup import MinHasher, exact_hash
-
-    hasher = MinHasher(s.num_perm)
-    prints = [hasher.fingerprint(t, s.sketch_size) for t in texts]
     writer = FingerprintWriter(0, work / "fp" / "0", s)
-    writer.add([exact_hash(t) for t in texts], np.stack([p[0] for p in prints]), np.stack([p[1] for p in prints]))
+    writer.add(*fingerprint_texts(texts, s))
     writer.close()
     dirs = [str(work / "fp" / "0")]
     for p in range(s.partitions):

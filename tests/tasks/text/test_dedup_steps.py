@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.text.dedup import EMPTY, MinHasher, bottom_k, estimated_jaccard, exact_hash, sketch_jaccard
+from tasks.text.dedup import EMPTY, MinHasher, bottom_k, estimated_jaccard, sketch_jaccard
 from tasks.text.dedup_steps import (
     EDGE,
     EXACT_DROPS,
@@ -21,6 +21,7 @@ from tasks.text.dedup_steps import (
     cluster_duplicates,
     component_drops,
     find_duplicates,
+    fingerprint_texts,
     partitions_for,
     ranks,
     row_of,
@@ -36,11 +37,6 @@ def articles(enwiki_sample: Path) -> list[str]:
     clean = plain_text_cleaner()
     pages = [p for p in wiki_pages(enwiki_sample) if p["ns"] == "0" and not p["redirect"]]
     return [t for t in (clean(p["text"]) for p in pages) if len(t.split()) > 400]
-
-
-def fingerprints(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    prints = [HASHER.fingerprint(t, 512) for t in texts]
-    return np.stack([p[0] for p in prints]), np.stack([p[1] for p in prints])
 
 
 def edit(text: str, rate: float, seed: int) -> str:
@@ -92,7 +88,7 @@ def drops(texts: list[str], work: Path, partitions: int, units: int) -> tuple[li
     for k in range(units):
         part = texts[bounds[k] : bounds[k + 1]]
         writer = FingerprintWriter(k, work / "fp" / str(k), s)
-        writer.add([exact_hash(t) for t in part], *fingerprints(part))
+        writer.add(*fingerprint_texts(part, s))
         writer.close()
         dirs.append(str(work / "fp" / str(k)))
     for p in range(partitions):
@@ -122,14 +118,14 @@ def test_a_step_run_again_writes_the_same_bytes(articles: list[str], tmp_path: P
     """What resuming after a kill -9 relies on: a leftover ``.partial`` is discarded, outputs are rewritten equal."""
     s = DedupSettings(partitions=2)
     texts = articles[:10] + [edit(articles[0], 0.01, 0)]
-    prints = fingerprints(texts)
+    prints = fingerprint_texts(texts, s)
     out = tmp_path / "fp" / "0"
     (tmp_path / "fp" / "0.partial").mkdir(parents=True)
     (tmp_path / "fp" / "0.partial" / "band-00000.bin").write_bytes(b"half written")
     digests: list[dict[str, str]] = []
     for _ in range(2):
         writer = FingerprintWriter(0, out, s)
-        writer.add([exact_hash(t) for t in texts], *prints)
+        writer.add(*prints)
         writer.close()
         for p in range(2):
             bucket_partition(p, [str(out)], str(tmp_path), s)
