@@ -150,6 +150,13 @@ def corpus_inputs(corpus: Path) -> tuple[str, ...]:
     return (str(corpus / "wiki" / "*"), str(corpus / "wudao" / "*.json"), str(corpus / "pile" / "*.jsonl.zst"))
 
 
+def clean_config(corpus: Path, **settings: Any) -> Any:
+    """The clean stage's config for a scale corpus: all three formats read in place, English filters."""
+    from tasks.clean import CleanConfig
+
+    return CleanConfig(inputs=corpus_inputs(corpus), language="en", **settings)
+
+
 def make_corpus(work: Path, gb: float, seed: int, workers: int) -> tuple[Path, dict[str, Any]]:
     from benchmarks.scale_corpus import generate
 
@@ -307,14 +314,14 @@ def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, ch
 def run_stage(name: str, store_root: Path, corpus: Path, address: str) -> Path:
     """A stage's driver: the real stage functions, each earlier one Cached from the store; the artifact's path."""
     from storage.store import open_store
-    from tasks.clean import CleanConfig, clean
+    from tasks.clean import clean
     from tasks.download import DownloadConfig, download
     from tasks.pretokenize import PretokenizeConfig, pretokenize
     from tasks.tokenizer import TokenizerConfig, train_tokenizer
 
     store = open_store(store_root)
     ref = download(DownloadConfig(sources=[]), store)
-    docs = clean(ref, CleanConfig(inputs=corpus_inputs(corpus), dask_address=address, language="en"), store)
+    docs = clean(ref, clean_config(corpus, dask_address=address), store)
     if name == "clean":
         return docs.path
     tok = train_tokenizer(docs, TokenizerConfig(vocab_size=32000), store)
@@ -326,12 +333,12 @@ def run_stage(name: str, store_root: Path, corpus: Path, address: str) -> Path:
 def same_with_one_worker(work: Path, corpus: Path, manifest: dict[str, Any]) -> bool:
     """The clean stage on an embedded 1-worker cluster, in another store: the same files as with 2."""
     from storage.store import open_store
-    from tasks.clean import CleanConfig, clean
+    from tasks.clean import clean
     from tasks.download import DownloadConfig, download
 
     other = open_store(work / "store-one-worker")
     ref = clean(download(DownloadConfig(sources=[]), other),
-                CleanConfig(inputs=corpus_inputs(corpus), engine="dask", workers=1, language="en"), other)
+                clean_config(corpus, engine="dask", workers=1), other)
     same = other.manifest(ref)["files"] == manifest["files"]
     shutil.rmtree(work / "store-one-worker", ignore_errors=True)
     return bool(same)
@@ -340,10 +347,9 @@ def same_with_one_worker(work: Path, corpus: Path, manifest: dict[str, Any]) -> 
 def compare_with_datatrove(work: Path, corpus: Path, raw: Any, store: Any, address: str) -> dict[str, Any]:
     """Both tools' near dedup on the same cleaned, not yet deduplicated documents, scored on the truth."""
     from benchmarks.baselines.datatrove_minhash import measure, read_kept
-    from tasks.clean import CleanConfig, clean
+    from tasks.clean import clean
 
-    cfg = CleanConfig(inputs=corpus_inputs(corpus), dask_address=address, language="en", dedup=False,
-                      near_dedup=False)
+    cfg = clean_config(corpus, dask_address=address, dedup=False, near_dedup=False)
     undeduped = clean(raw, cfg, store)
     filtered = filter_drops(store.manifest(undeduped)["counts"])
     files = sorted((undeduped.path / "docs").glob("*.parquet"))
@@ -357,12 +363,22 @@ def compare_with_datatrove(work: Path, corpus: Path, raw: Any, store: Any, addre
     return out
 
 
+def marginal_rates(sizes: list[float], cpu_s: list[float]) -> list[float | None]:
+    """CPU-s per GB added from each size to the next (None for the first): the cost that grows with
+    the corpus, without the fixed start-up (interpreters, imports, first tasks) every run pays once."""
+    return [None, *(round((c1 - c0) / (s1 - s0), 1)
+                    for s0, s1, c0, c1 in zip(sizes, sizes[1:], cpu_s, cpu_s[1:], strict=False))]
+
+
 def summarize(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     """The top-level keys of scale.json."""
     sizes = [r["text_gb"] for r in per_size]
     stages = {name: {key: [r["stages"][name][key] for r in per_size]
                      for key in ("cpu_s_per_gb", "wall_s", "peak_rss_gb_per_worker", "peak_rss_gb_driver")}
               for name in STAGES}
+    for name, row in stages.items():
+        cpu = [r["stages"][name]["cpu_s"] for r in per_size]
+        row["marginal_cpu_s_per_gb"] = marginal_rates(sizes, cpu)
     largest = per_size[-1]["dedup_quality"]
     dedup: dict[str, Any] = {"recall": largest["near_recall"], "precision": largest["precision"],
                              "exact_recall": largest["exact_recall"], "controls_merged": largest["controls_merged"],
