@@ -263,7 +263,8 @@ class LaunchSection:
     """launcher = template only: the command, with placeholders {python} {torchrun_args} {module} {config}
     (and {nnodes} {nproc_per_node} {rdzv_endpoint} {rdzv_id}), e.g.
     ``"mpirun -np 2 -npernode 1 {python} -m torch.distributed.run {torchrun_args} -m {module} --config {config}"``.
-    Split like a shell would (no shell runs it); each value is substituted as one word."""
+    Split into words like a shell would, but no shell runs it: {torchrun_args} becomes torchrun's options
+    (`tasks.launch.torchrun_args`), every other value one word, spaces and all."""
     keep_checkpoints: int = 1
     """Newest checkpoints kept in the finished artifact (for continued training); 0 keeps none."""
 
