@@ -71,7 +71,7 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "store" / "pretrain" / ".partial-0123abcd"
 
 
-# Each launch is two torch start-ups per node (agent, worker) plus the rendezvous: 25-50 s on a loaded 2-core box.
+# Each launch is two torch start-ups per node (agent, worker) plus the rendezvous: 38-72 s each on a loaded 2-core box.
 @pytest.mark.slow
 def test_two_nodes_learn_what_one_process_learns(pattern_data, tmp_path, run_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
