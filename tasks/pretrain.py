@@ -55,7 +55,7 @@ class PretrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     run: RunSection = field(default_factory=RunSection)
     launch: LaunchSection = field(default_factory=LaunchSection)
-    """How the trainer starts (``[pretrain.launch]``: nproc_per_node, launcher, keep_checkpoints)."""
+    """How the trainer starts (``[pretrain.launch]``: processes, nodes, launcher, keep_checkpoints)."""
 
     def __post_init__(self) -> None:
         for key, value in (("data.train_dir", self.data.train_dir), ("data.val_dir", self.data.val_dir),

@@ -49,7 +49,7 @@ class SFTStageConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     run: RunSection = field(default_factory=RunSection)
     launch: LaunchSection = field(default_factory=LaunchSection)
-    """How the trainer starts (``[sft.launch]``: nproc_per_node, launcher, keep_checkpoints)."""
+    """How the trainer starts (``[sft.launch]``: processes, nodes, launcher, keep_checkpoints)."""
 
     def __post_init__(self) -> None:
         for key, value in (("data.dir", self.data.dir), ("data.tokenizer_dir", self.data.tokenizer_dir),

@@ -21,6 +21,7 @@ number of devices.
 from __future__ import annotations
 
 import dataclasses
+import string
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -216,35 +217,132 @@ class RunSection:
         _check(self.peak_tflops > 0, "run.peak_tflops", f"must be > 0, got {self.peak_tflops}")
 
 
+RDZV_PORT = 29400
+"""torchrun's default c10d rendezvous port, used when `LaunchSection.rdzv_endpoint` names only a host."""
+TEMPLATE_FIELDS = ("python", "torchrun_args", "module", "config", "nnodes", "nproc_per_node", "rdzv_endpoint",
+                   "rdzv_id")
+"""Placeholders of `LaunchSection.command_template` (``tasks.launch.launch_command`` fills them)."""
+
+
 @dataclass(frozen=True)
 class LaunchSection:
     """How a pipeline stage starts its trainer (``[pretrain.launch]``, ``[sft.launch]``, ``[dpo.launch]``).
 
     Lives here, below both `tasks` and the trainers, so every training stage config
-    shares one shape; the trainers themselves never read it.
+    shares one shape; the trainers themselves never read it. Every field but
+    `keep_checkpoints` is runtime-only: the global batch is fixed by the data section
+    whatever the number of processes or nodes (see the module doc), so how the trainer
+    is spread over the hardware never enters the artifact key.
+
+    Several nodes use torchrun's c10d rendezvous (an elastic agent per node, the
+    rendezvous store hosted by the agent on the endpoint's host); `tasks.launch` says
+    how each launcher starts them. The run directory must be on a filesystem every
+    node mounts at the same path: all ranks write their checkpoint shards into it.
     """
 
     nproc_per_node: int = runtime_field(1)
-    """Trainer processes (one per GPU). Runtime-only: the global batch is fixed by the data
-    section whatever the count (see the module doc), so the artifact does not depend on it."""
-    launcher: Literal["auto", "torchrun", "python"] = runtime_field("auto")
+    """Trainer processes per node (one per GPU)."""
+    nnodes: int | str = runtime_field(1)
+    """Nodes (hosts) in the job: a count, or ``"MIN:MAX"`` for an elastic job that starts once MIN nodes
+    have joined (and up to MAX may). An elastic job needs data.grad_accum_steps to be a multiple of every
+    world size it can reach (the trainer checks the one it gets)."""
+    launcher: Literal["auto", "python", "torchrun", "srun", "template"] = runtime_field("auto")
     """auto = plain ``python -m trainer.<recipe>`` for one process (saves torchrun's ~6 s start), torchrun
-    for several."""
+    otherwise; torchrun = this node's agent (other nodes run ``python -m tasks.launch --join <run dir>``);
+    srun = ``srun`` starts one torchrun agent on each of `nnodes` nodes of the Slurm allocation the stage
+    runs in; template = `command_template`, for any other scheduler."""
+    rdzv_endpoint: str = runtime_field("")
+    """``host[:port]`` of the c10d rendezvous (port 29400 if left out): a host every node reaches, where
+    one of the agents runs (in practice the node running the stage). Required for more than one node,
+    except with srun, which takes the first host of the Slurm allocation."""
+    rdzv_id: str = runtime_field("")
+    """Rendezvous id shared by the nodes of one run. Empty: derived from the run directory (the stage and
+    its artifact key), which every node of the run sees and no other run has, so a node started for
+    another run never joins this one, and a rerun that resumes the run uses the same id."""
+    command_template: str = runtime_field("")
+    """launcher = template only: the command, with placeholders {python} {torchrun_args} {module} {config}
+    (and {nnodes} {nproc_per_node} {rdzv_endpoint} {rdzv_id}), e.g.
+    ``"mpirun -np 2 -npernode 1 {python} -m torch.distributed.run {torchrun_args} -m {module} --config {config}"``.
+    Split into words like a shell would, but no shell runs it: {torchrun_args} becomes torchrun's options
+    (`tasks.launch.torchrun_args`), every other value one word, spaces and all."""
     keep_checkpoints: int = 1
     """Newest checkpoints kept in the finished artifact (for continued training); 0 keeps none."""
 
     def __post_init__(self) -> None:
         if self.nproc_per_node < 1:
             raise KilnError(f"launch.nproc_per_node must be >= 1, got {self.nproc_per_node}")
-        if self.launcher == "python" and self.nproc_per_node > 1:
-            raise KilnError("launch.launcher = 'python' starts one process; use 'torchrun' (or 'auto') "
-                            f"for launch.nproc_per_node = {self.nproc_per_node}")
+        low, high = self.node_range  # checks the form
+        if self.launcher == "python" and (self.nproc_per_node > 1 or high > 1):
+            what = (f"launch.nproc_per_node = {self.nproc_per_node}" if self.nproc_per_node > 1
+                    else f"launch.nnodes = {self.nnodes!r}")
+            raise KilnError(f"launch.launcher = 'python' starts one process; use 'torchrun' (or 'auto') for {what}")
+        if high > 1 and not self.rdzv_endpoint and self.launcher != "srun":
+            raise KilnError(f"launch.nnodes = {self.nnodes!r} needs launch.rdzv_endpoint = \"host:port\" (a host "
+                            "every node reaches, e.g. the one running the stage), unless launch.launcher = 'srun'")
+        if self.rdzv_endpoint:
+            _check_endpoint(self.rdzv_endpoint)
+        if self.rdzv_id and (any(c.isspace() for c in self.rdzv_id) or "/" in self.rdzv_id):
+            raise KilnError(f"launch.rdzv_id must not contain spaces or '/', got {self.rdzv_id!r}")
+        if self.launcher == "template" and not self.command_template:
+            raise KilnError("launch.launcher = 'template' needs launch.command_template, e.g. \"mpirun -np 2 "
+                            "{python} -m torch.distributed.run {torchrun_args} -m {module} --config {config}\"")
+        if self.command_template and self.launcher != "template":
+            raise KilnError(f"launch.command_template is used only with launch.launcher = 'template', got "
+                            f"{self.launcher!r}; remove one of them")
+        if self.command_template:
+            _check_template(self.command_template)
         if self.keep_checkpoints < 0:
             raise KilnError(f"launch.keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
 
     @property
+    def node_range(self) -> tuple[int, int]:
+        """(min, max) nodes: ``(n, n)`` for a count."""
+        text = str(self.nnodes)
+        parts = text.split(":")
+        if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+            low, high = int(parts[0]), int(parts[-1])
+            if 1 <= low <= high:
+                return low, high
+        raise KilnError(f"launch.nnodes must be a count >= 1 or \"MIN:MAX\" with 1 <= MIN <= MAX, got {self.nnodes!r}")
+
+    @property
+    def multi_node(self) -> bool:
+        return self.node_range[1] > 1
+
+    @property
+    def resolved_launcher(self) -> Literal["python", "torchrun", "srun", "template"]:
+        """`launcher` with auto decided: python for one process on one node, else torchrun."""
+        if self.launcher != "auto":
+            return self.launcher
+        return "torchrun" if self.nproc_per_node > 1 or self.multi_node else "python"
+
+    @property
     def use_torchrun(self) -> bool:
-        return self.launcher == "torchrun" or (self.launcher == "auto" and self.nproc_per_node > 1)
+        """Whether the trainer runs under torchrun (directly, under srun or in a template)."""
+        return self.resolved_launcher != "python"
+
+
+def _check_endpoint(endpoint: str) -> None:
+    host, sep, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "")
+    if not host or any(c.isspace() for c in host) or sep and not (port.isdigit() and 0 < int(port) < 65536):
+        raise KilnError(f"launch.rdzv_endpoint must be \"host:port\" (or \"host\" for port {RDZV_PORT}), "
+                        f"got {endpoint!r}")
+
+
+def _check_template(template: str) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise KilnError(f"launch.command_template: {exc} in {template!r} (write a literal brace as {{{{ or }}}})"
+                        ) from None
+    unknown = sorted(names - set(TEMPLATE_FIELDS))
+    if unknown:
+        raise KilnError(f"launch.command_template: unknown placeholder {{{unknown[0]}}}; use "
+                        + " ".join(f"{{{n}}}" for n in TEMPLATE_FIELDS))
+    missing = [n for n in ("module", "config") if n not in names]
+    if missing:
+        raise KilnError(f"launch.command_template must contain {{{missing[0]}}}: the trainer runs the stage's "
+                        f"module on the stage's config (… -m {{module}} --config {{config}})")
 
 
 @dataclass(frozen=True)
