@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
 GB = 1e9
 STAGES = ("clean", "dedup", "tokenizer", "pretokenize")
+RUN_STAGES = ("clean", "tokenizer", "pretokenize")
+"""The stages a size runs (dedup is part of clean)."""
 
 
 
@@ -244,8 +246,9 @@ def kept_ids(docs_dir: Path) -> set[str]:
     return ids
 
 
-def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, check_workers: bool) -> dict[str, Any]:
-    """One size, in this (child) process."""
+def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, check_workers: bool,
+             stages: Sequence[str] = RUN_STAGES) -> dict[str, Any]:
+    """One size, in this (child) process: the `stages` named (clean always: the others read its output)."""
     from storage.store import open_store
     from tasks.download import DownloadConfig, download
 
@@ -299,9 +302,11 @@ def run_size(work: Path, gb: float, seed: int, workers: int, datatrove: bool, ch
         result["clean_counts"] = manifest["counts"]
         report = json.loads((docs_path / "report.json").read_text())
         result["clean_report"] = {"total": report["total"], "duplicates": report.get("duplicates")}
-        stage("tokenizer")
-        pre_path = stage("pretokenize")
-        result["pretokenize_counts"] = json.loads((pre_path / "manifest.json").read_text())["counts"]
+        if "tokenizer" in stages or "pretokenize" in stages:
+            stage("tokenizer")
+        if "pretokenize" in stages:
+            pre_path = stage("pretokenize")
+            result["pretokenize_counts"] = json.loads((pre_path / "manifest.json").read_text())["counts"]
         if datatrove:
             result["datatrove"] = compare_with_datatrove(work, corpus, raw, store, address)
     counts = result["clean_counts"]
@@ -375,7 +380,7 @@ def summarize(per_size: list[dict[str, Any]]) -> dict[str, Any]:
     sizes = [r["text_gb"] for r in per_size]
     stages = {name: {key: [r["stages"][name][key] for r in per_size]
                      for key in ("cpu_s_per_gb", "wall_s", "peak_rss_gb_per_worker", "peak_rss_gb_driver")}
-              for name in STAGES}
+              for name in STAGES if all(name in r["stages"] for r in per_size)}
     for name, row in stages.items():
         cpu = [r["stages"][name]["cpu_s"] for r in per_size]
         row["marginal_cpu_s_per_gb"] = marginal_rates(sizes, cpu)
@@ -401,6 +406,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the corpora and stores")
+    parser.add_argument("--stages", nargs="+", choices=RUN_STAGES, default=list(RUN_STAGES),
+                        help="stages to measure (clean always runs)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the result JSON")
     parser.add_argument("--one", type=float, help=argparse.SUPPRESS)  # a child running one size
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # a child driving one stage
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
@@ -416,7 +424,7 @@ def main() -> None:
     if args.one is not None:
         smallest = min(args.sizes)
         result = run_size(work, args.one, args.seed, args.workers, args.one == args.datatrove_gb,
-                          args.one == smallest)
+                          args.one == smallest, args.stages)
         (work / f"result-{args.one:g}gb.json").write_text(json.dumps(result, indent=1))
         return
     per_size = []
@@ -425,7 +433,7 @@ def main() -> None:
         if not part.exists():
             cmd = [sys.executable, "-m", "benchmarks.scale", "--work", str(work), "--one", str(gb), "--sizes",
                    *map(str, args.sizes), "--datatrove-gb", str(args.datatrove_gb), "--workers", str(args.workers),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), "--stages", *args.stages]
             subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         per_size.append(json.loads(part.read_text()))
         if not args.keep:
@@ -433,7 +441,7 @@ def main() -> None:
                 shutil.rmtree(path, ignore_errors=True)
     out = {**summarize(per_size), "per_size": per_size, "command": " ".join(sys.argv),
            "machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(summarize(per_size), indent=1))
 
 
