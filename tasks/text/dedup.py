@@ -152,7 +152,7 @@ def sketch_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     new = np.ones(merged.shape, dtype=bool)
     new[:, 1:] = merged[:, 1:] != merged[:, :-1]
     distinct = new & valid
-    in_union_k = distinct & (np.cumsum(distinct, axis=1) <= k)  # the k smallest values of the union
+    in_union_k = distinct & (np.cumsum(distinct, axis=1, dtype=np.int32) <= k)  # the k smallest values of the union
     twice = np.zeros(merged.shape, dtype=bool)
     twice[:, :-1] = merged[:, 1:] == merged[:, :-1]  # a value in both sketches (each holds it once)
     size = in_union_k.sum(axis=1)

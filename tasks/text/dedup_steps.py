@@ -301,11 +301,12 @@ class SketchReader:
             got = os.preadv(fd, [view[i * self.width : (i + 1) * self.width]], r * self.width)
             if got != self.width:
                 raise OSError(f"{self.unit_dirs[u]}/{SKETCHES}: short read at row {r}")
-        return np.frombuffer(bytes(out), dtype="<u4").reshape(len(rank), -1)
+        return np.frombuffer(out, dtype="<u4").reshape(len(rank), -1)  # the buffer itself: no copy
 
 
-VERIFY_BATCH = 8192
-"""Candidate pairs verified at a time: at most 2 x 8192 sketches (32 MiB at 512) in memory, however many candidates."""
+VERIFY_BATCH = 4096
+"""Candidate pairs verified at a time, however many candidates: their sketches (at most 2 x 4096, 16 MiB at
+512) and `sketch_jaccard`'s temporaries, ~80 MiB in all (measured: `benchmarks/dedup_memory.py`)."""
 
 
 def verified(candidates: np.ndarray, sketches: SketchReader, threshold: float) -> np.ndarray:
