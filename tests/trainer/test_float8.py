@@ -168,7 +168,7 @@ def test_cuda_fp8_forward_backward_tracks_bf16(precision):
     assert all(math.isfinite(v) for v in losses) and abs(losses[1] - losses[0]) < 0.01 * losses[0]
     g_ref, g_fp8 = ref.layers[0].feed_forward.w1.weight.grad, fp8.layers[0].feed_forward.w1.weight.grad
     assert g_ref is not None and g_fp8 is not None
-    assert torch.nn.functional.cosine_similarity(g_ref.flatten(), g_fp8.flatten(), dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(g_ref.flatten(), g_fp8.flatten(), dim=0) > 0.98
 
 
 @pytest.mark.gpu
