@@ -27,7 +27,8 @@ trainer: ``--parallel none`` = fp32 weights + bf16 autocast; ``--parallel fsdp``
 default on CUDA, also on one GPU) = FSDP2 with bf16 params and fp32 reduce, like
 torchtitan's recipe. ``--precision fp8-tensorwise|fp8-rowwise`` converts the block linears to
 torchao float8 as ``run.precision`` does (`trainer.float8`; needs an sm_89+ GPU and torchao),
-``--fused-loss`` computes the head and cross-entropy in chunks (``run.fused_loss``), and
+``--fp8-filter all`` converts the small block linears too, ``--fused-loss`` computes the head
+and cross-entropy in chunks (``run.fused_loss``), and
 ``--untied-head`` unties the output head from the embeddings (torchtitan's llama3 is untied).
 
 Baselines plug in as one function per system in `SYSTEMS` taking a `BenchSpec` and
@@ -94,6 +95,7 @@ class BenchSpec:
     activation_checkpointing: bool
     peak_tflops: float
     precision: str = "bf16"
+    fp8_filter: str = "auto"
     fused_loss: bool = False
     untied_head: bool = False
 
@@ -109,7 +111,8 @@ def train_config(spec: BenchSpec) -> TrainConfig:
         f"run.compile={str(spec.compile).lower()}", f"run.parallel={spec.parallel}",
         f"run.activation_checkpointing={str(spec.activation_checkpointing).lower()}",
         "run.dtype=bfloat16", "schedule.warmup_steps=0", f"run.steps={spec.warmup + spec.steps}",
-        f"run.precision={spec.precision}", f"run.fused_loss={str(spec.fused_loss).lower()}", *untie,
+        f"run.precision={spec.precision}", f"run.fp8_filter={spec.fp8_filter}",
+        f"run.fused_loss={str(spec.fused_loss).lower()}", *untie,
     ])
 
 
@@ -152,7 +155,8 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
     result = {
         "system": "kiln", "preset": spec.preset, "vocab_size": model_cfg.vocab_size, "seq_len": spec.seq_len,
         "micro_batch_size": spec.micro_batch_size, "world_size": dist.world_size, "compile": spec.compile,
-        "parallel": dist.mode, "precision": spec.precision, "fused_loss": spec.fused_loss,
+        "parallel": dist.mode, "precision": spec.precision, "fp8_filter": spec.fp8_filter,
+        "fused_loss": spec.fused_loss,
         "tie_embeddings": model_cfg.tie_embeddings, "tokens_per_step": tokens_per_step,
         "step_time_s_median": median, "step_time_s_mean": statistics.fmean(timed),
         "tokens_per_s": tokens_per_step / median,
@@ -206,7 +210,7 @@ def variants(args: argparse.Namespace) -> list[BenchSpec]:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     base = BenchSpec(args.preset, args.seq_len, args.micro_batch_size, get_preset(args.preset).vocab_size, False,
                      args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
-                     args.peak_tflops, args.precision, args.fused_loss, args.untied_head)
+                     args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head)
     specs = [dataclasses.replace(base, compile=c) for c in compiles]
     extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
     specs += [dataclasses.replace(base, compile=compiles[-1], vocab_size=v) for v in extra]
@@ -247,6 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--precision", choices=["bf16", "fp8-tensorwise", "fp8-rowwise"], default="bf16",
                    help="run.precision: bf16, or torchao float8 block linears (sm_89+ GPU, torchao installed)")
+    p.add_argument("--fp8-filter", choices=["auto", "all"], default="auto",
+                   help="run.fp8_filter: auto keeps linears below torchao's break-even size in bf16; all converts them")
     p.add_argument("--fused-loss", action="store_true", help="run.fused_loss: chunked head + cross-entropy")
     p.add_argument("--untied-head", action="store_true", help="untie the output head from the embeddings")
     p.add_argument("--peak-tflops", type=float, default=H100_DENSE_BF16_TFLOPS,

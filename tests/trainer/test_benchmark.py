@@ -51,7 +51,8 @@ def test_rows_record_precision_fused_loss_and_head_tying(bench, tmp_path):
     report = bench.main(["--device", "cpu", "--preset", "debug", "--steps", "1", "--vocab-sizes", "none",
                          "--seq-len", "32", "--fused-loss", "--untied-head", "--out", str(tmp_path / "b.json")])
     (row,) = report["results"]
-    assert (row["precision"], row["fused_loss"], row["tie_embeddings"]) == ("bf16", True, False)
+    assert (row["precision"], row["fp8_filter"], row["fused_loss"], row["tie_embeddings"]) == ("bf16", "auto", True,
+                                                                                               False)
     assert row["params"] == bench.count_params(bench.get_preset("debug", tie_embeddings=False))
 
 
