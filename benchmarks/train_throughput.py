@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --preset 1b --seq-len 2048 --micro-batch-size 4   # one H100
     torchrun --standalone --nproc-per-node 8 benchmarks/train_throughput.py --preset 1b       # FSDP, 8 GPUs
     python benchmarks/train_throughput.py --device cpu --preset debug --steps 3              # smoke (tests)
+    python benchmarks/train_throughput.py --preset 1b --compile on --precision fp8-rowwise --fused-loss
 
 What is measured: the trainer's own `trainer.loop.optimizer_step` with pretraining's
 `trainer.pretrain.lm_loss` (forward, backward, clip, AdamW) on a model built by
@@ -24,7 +25,11 @@ vocab, then the vocab padding effect at the last compile setting: ``--vocab-size
 embedding and output matmuls misaligned for tensor cores). Precision follows the
 trainer: ``--parallel none`` = fp32 weights + bf16 autocast; ``--parallel fsdp`` (the
 default on CUDA, also on one GPU) = FSDP2 with bf16 params and fp32 reduce, like
-torchtitan's recipe.
+torchtitan's recipe. ``--precision fp8-tensorwise|fp8-rowwise`` converts the block linears to
+torchao float8 as ``run.precision`` does (`trainer.float8`; needs an sm_89+ GPU and torchao),
+``--fp8-filter all`` converts the small block linears too, ``--fused-loss`` computes the head
+and cross-entropy in chunks (``run.fused_loss``), and
+``--untied-head`` unties the output head from the embeddings (torchtitan's llama3 is untied).
 
 Baselines plug in as one function per system in `SYSTEMS` taking a `BenchSpec` and
 returning the same metrics dict (`METRIC_KEYS`): ``--baseline torchtitan`` runs
@@ -63,14 +68,15 @@ from trainer.config import TrainConfig  # noqa: E402
 from trainer.loop import optimizer_step, trainable  # noqa: E402
 from trainer.metrics import peak_memory_gb  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
-from trainer.parallelize import build_model, init_distributed  # noqa: E402
+from trainer.parallelize import build_model, init_distributed, register_step_hooks  # noqa: E402
 from trainer.pretrain import lm_loss  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 H100_DENSE_BF16_TFLOPS = 989.0
 METRIC_KEYS = ("system", "preset", "vocab_size", "seq_len", "micro_batch_size", "world_size", "compile",
-               "parallel", "tokens_per_step", "step_time_s_median", "step_time_s_mean", "tokens_per_s",
-               "tokens_per_s_per_device", "mfu", "peak_mem_gb", "params", "flops_per_token")
+               "parallel", "precision", "fused_loss", "tie_embeddings", "tokens_per_step", "step_time_s_median",
+               "step_time_s_mean", "tokens_per_s", "tokens_per_s_per_device", "mfu", "peak_mem_gb", "params",
+               "flops_per_token")
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,16 @@ class BenchSpec:
     parallel: str
     activation_checkpointing: bool
     peak_tflops: float
+    precision: str = "bf16"
+    fp8_filter: str = "auto"
+    fused_loss: bool = False
+    untied_head: bool = False
 
 
 def train_config(spec: BenchSpec) -> TrainConfig:
     """The TrainConfig the trainer would run for `spec` (no data or output paths needed here)."""
     max_len = max(get_preset(spec.preset).max_seq_len, spec.seq_len)
+    untie = ["model.overrides.tie_embeddings=false"] if spec.untied_head else []
     return load_config(TrainConfig, None, [
         f"model.preset={spec.preset}", f"model.overrides.vocab_size={spec.vocab_size}",
         f"model.overrides.max_seq_len={max_len}", f"data.seq_len={spec.seq_len}",
@@ -100,6 +111,8 @@ def train_config(spec: BenchSpec) -> TrainConfig:
         f"run.compile={str(spec.compile).lower()}", f"run.parallel={spec.parallel}",
         f"run.activation_checkpointing={str(spec.activation_checkpointing).lower()}",
         "run.dtype=bfloat16", "schedule.warmup_steps=0", f"run.steps={spec.warmup + spec.steps}",
+        f"run.precision={spec.precision}", f"run.fp8_filter={spec.fp8_filter}",
+        f"run.fused_loss={str(spec.fused_loss).lower()}", *untie,
     ])
 
 
@@ -121,6 +134,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(dist.device)
     model, raw = build_model(model_cfg, cfg.run, dist)
     optimizer = build_optimizer(raw, cfg.optim)
+    register_step_hooks(model, optimizer, cfg.run, dist)
     scaler = torch.amp.GradScaler(dist.device.type, enabled=False)
     batches = random_batches(spec, model_cfg.vocab_size, dist.rank)
     params = trainable(raw)
@@ -141,8 +155,11 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
     result = {
         "system": "kiln", "preset": spec.preset, "vocab_size": model_cfg.vocab_size, "seq_len": spec.seq_len,
         "micro_batch_size": spec.micro_batch_size, "world_size": dist.world_size, "compile": spec.compile,
-        "parallel": dist.mode, "tokens_per_step": tokens_per_step, "step_time_s_median": median,
-        "step_time_s_mean": statistics.fmean(timed), "tokens_per_s": tokens_per_step / median,
+        "parallel": dist.mode, "precision": spec.precision, "fp8_filter": spec.fp8_filter,
+        "fused_loss": spec.fused_loss,
+        "tie_embeddings": model_cfg.tie_embeddings, "tokens_per_step": tokens_per_step,
+        "step_time_s_median": median, "step_time_s_mean": statistics.fmean(timed),
+        "tokens_per_s": tokens_per_step / median,
         "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
         "peak_mem_gb": peak_memory_gb(dist.device), "params": count_params(model_cfg), "flops_per_token": fpt,
         "activation_checkpointing": spec.activation_checkpointing, "warmup_steps": spec.warmup,
@@ -158,6 +175,8 @@ def run_torchtitan(spec: BenchSpec) -> dict[str, Any]:
     runner = REPO / "benchmarks" / "baselines" / "torchtitan_runner.py"
     if spec.vocab_size != get_preset(spec.preset).vocab_size:
         raise SystemExit("the torchtitan runner uses each shape's own vocab; run it with --vocab-sizes none")
+    if spec.precision != "bf16" or spec.fused_loss:
+        raise SystemExit("the torchtitan runner measures bf16 with its plain loss; drop --precision/--fused-loss")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tt.json"
         cmd = [sys.executable, str(runner), "--shape", spec.preset, "--steps", str(spec.steps), "--warmup",
@@ -167,7 +186,8 @@ def run_torchtitan(spec: BenchSpec) -> dict[str, Any]:
         tt = json.loads(out.read_text())
     return {**{k: tt.get(k) for k in METRIC_KEYS}, "system": "torchtitan", "preset": spec.preset,
             "vocab_size": spec.vocab_size, "micro_batch_size": spec.micro_batch_size, "world_size": 1,
-            "parallel": "fsdp", "tokens_per_s_per_device": tt["tokens_per_s"], "raw": tt}
+            "parallel": "fsdp", "precision": "bf16", "fused_loss": False,
+            "tokens_per_s_per_device": tt["tokens_per_s"], "raw": tt}
 
 
 SYSTEMS: dict[str, Callable[[BenchSpec], dict[str, Any]]] = {"kiln": run_kiln, "torchtitan": run_torchtitan}
@@ -190,7 +210,7 @@ def variants(args: argparse.Namespace) -> list[BenchSpec]:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     base = BenchSpec(args.preset, args.seq_len, args.micro_batch_size, get_preset(args.preset).vocab_size, False,
                      args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
-                     args.peak_tflops)
+                     args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head)
     specs = [dataclasses.replace(base, compile=c) for c in compiles]
     extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
     specs += [dataclasses.replace(base, compile=compiles[-1], vocab_size=v) for v in extra]
@@ -217,7 +237,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--preset", default="1b", help="model preset (debug, tiny, 125m, 1b, 7b, llama3-8b)")
+    p.add_argument("--preset", default="1b", help="model preset (debug, tiny, 125m, 1b, 7b, llama3-8b, llama3.1-8b)")
     p.add_argument("--seq-len", type=int, default=None, help="default 2048 on CUDA, the preset's max on CPU")
     p.add_argument("--micro-batch-size", type=int, default=4, help="sequences per device per step")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -229,6 +249,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-sizes", default=None,
                    help="comma list for the vocab padding rows (default 64000,64001 on CUDA); 'none' skips them")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--precision", choices=["bf16", "fp8-tensorwise", "fp8-rowwise"], default="bf16",
+                   help="run.precision: bf16, or torchao float8 block linears (sm_89+ GPU, torchao installed)")
+    p.add_argument("--fp8-filter", choices=["auto", "all"], default="auto",
+                   help="run.fp8_filter: auto keeps linears below torchao's break-even size in bf16; all converts them")
+    p.add_argument("--fused-loss", action="store_true", help="run.fused_loss: chunked head + cross-entropy")
+    p.add_argument("--untied-head", action="store_true", help="untie the output head from the embeddings")
     p.add_argument("--peak-tflops", type=float, default=H100_DENSE_BF16_TFLOPS,
                    help="per-device peak for MFU (989 = H100 SXM dense bf16 spec)")
     p.add_argument("--baseline", choices=sorted(SYSTEMS), default="kiln", help="which system to measure")
@@ -274,7 +300,8 @@ def _summary_line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"{row['system']} {row['preset']} vocab={row['vocab_size']} compile={row['compile']}: {row['error']}"
     return (f"{row['system']} {row['preset']} vocab={row['vocab_size']} T={row['seq_len']} "
-            f"mb={row['micro_batch_size']} x{row['world_size']} compile={row['compile']} {row['parallel']}: "
+            f"mb={row['micro_batch_size']} x{row['world_size']} compile={row['compile']} {row['parallel']} "
+            f"{row['precision']}{' fused-loss' if row['fused_loss'] else ''}: "
             f"{row['tokens_per_s']:,.0f} tok/s ({row['tokens_per_s_per_device']:,.0f}/device), "
             f"MFU {100 * row['mfu']:.1f}%, peak {row['peak_mem_gb']:.2f} GB")
 

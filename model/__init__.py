@@ -1,14 +1,16 @@
-"""Kiln's model: one Llama implementation, from a CPU debug model to Llama-3-8B.
+"""Kiln's model: one Llama implementation, from a CPU debug model to Llama-3.1-8B.
 
 How the pieces fit:
 
 - `config.ModelConfig` holds every number that shapes a model (plain fields, saved as
   JSON/TOML beside each checkpoint); `presets.PRESETS` / `get_preset` name the shapes
-  we train (`debug`, `tiny`, `125m`, `1b`, `7b`, `llama3-8b`).
+  we train (`debug`, `tiny`, `125m`, `1b`, `7b`, `llama3-8b`, `llama3.1-8b`).
 - `llama.Llama(cfg)` is the network (RMSNorm, RoPE with scaling, GQA attention via
   SDPA, SwiGLU). It knows nothing about parallelism: the trainer's parallelize step
   wraps `model.layers[i]` and can build the model on the meta device, then
   `to_empty` + `init_weights()`. Parameter names map 1:1 to HF `LlamaForCausalLM`.
+- `fused_loss.linear_cross_entropy` is the head + cross-entropy in chunks of tokens with
+  their gradients, never making the full [tokens, vocab] logits (``Llama.fused_loss_chunk``).
 - `kv_cache.KVCache` and `generate.generate` / `stream_generate` / `sample_next`
   turn a model into text ids (greedy, temperature, top-k, top-p).
 - `flops.count_params` / `flops_per_token` / `mfu` size a model and score a run

@@ -40,9 +40,8 @@ from torch import Tensor, nn
 
 from kiln.errors import KilnError
 from model.config import ModelConfig
+from model.fused_loss import IGNORE_INDEX, linear_cross_entropy
 from model.kv_cache import KVCache
-
-IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (SFT masks prompts this way)
 
 # Constants of the RoPE scaling rules, as published; not config fields since nobody tunes them.
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0  # YaRN paper: ramp between 32 and 1 rotations per context
@@ -215,6 +214,9 @@ class Llama(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        self.fused_loss_chunk: int | None = None
+        """Tokens per chunk of the fused head + loss (`model.fused_loss`), or None for the plain loss over
+        full logits. How the loss is computed, not what the model is: the trainer sets it (run.fused_loss)."""
         # Not persistent: recomputed from the config, so checkpoints carry weights only.
         rope_cos, rope_sin = precompute_rope(cfg)
         self.register_buffer("rope_cos", rope_cos, persistent=False)
@@ -253,8 +255,9 @@ class Llama(nn.Module):
 
     def forward(self, tokens: Tensor, targets: Tensor | None = None, *, loss_mask: Tensor | None = None,
                 kv_cache: KVCache | None = None, start_pos: int = 0, doc_ids: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                attn_mask: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """tokens [B, T] at positions start_pos.. -> (logits [B, T, vocab] in the model's dtype, loss).
+        The logits are None when the loss was fused with the head (`fused_loss_chunk`, targets given).
 
         targets: [B, T] next-token ids, IGNORE_INDEX (-100) where nothing should be learned.
         loss_mask: [B, T], only true positions count toward the loss.
@@ -275,11 +278,19 @@ class Llama(nn.Module):
         return self.head(h, targets, loss_mask)
 
     def head(self, h: Tensor, targets: Tensor | None = None,
-             loss_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+             loss_mask: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Final norm, output projection and loss: a separate method so it can be compiled as one
-        graph (the [B, T, vocab] logits are the largest tensor of a step; fusing the upcast and the
-        cross-entropy around them saves several passes over it)."""
-        logits = self.output(self.norm(h))
+        graph (the [B, T, vocab] logits are the largest tensor of a step: fusing the upcast and the
+        cross-entropy around them saves several passes over it).
+
+        With `fused_loss_chunk` set and targets given, the loss comes from `linear_cross_entropy` in
+        chunks of tokens and the logits are never made: (None, loss)."""
+        h = self.norm(h)
+        if targets is not None and self.fused_loss_chunk is not None:
+            if loss_mask is not None:
+                targets = targets.masked_fill(~loss_mask.bool(), IGNORE_INDEX)
+            return None, linear_cross_entropy(h, self.output.weight, targets, self.fused_loss_chunk)
+        logits = self.output(h)
         return logits, (None if targets is None else self.loss(logits, targets, loss_mask))
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Named model shapes, from a CPU-millisecond `debug` model to Llama-3-8B.
+"""Named model shapes, from a CPU-millisecond `debug` model to Llama-3.1-8B.
 
     cfg = get_preset("tiny", vocab_size=tokenizer.vocab_size)
 
@@ -33,6 +33,13 @@ PRESETS: dict[str, ModelConfig] = {
     # Llama-3-8B (8,030,261,248 params); ffn 14336 = the Llama rule with multiplier 1.3, multiple_of 1024.
     "llama3-8b": ModelConfig(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
                              ffn_hidden=14336, max_seq_len=8192, rope_theta=500000.0),
+    # Llama-3.1-8B: the same weights' shape, RoPE stretched 8x by the llama3 rule from its 8192-token
+    # pretraining context to 131072 (HF config: factor 8, low/high freq factor 1/4). Training at
+    # seq 4096-8192 needs no override: the rule fixes the frequencies, max_seq_len only the table length.
+    # Untied like every Llama-3 8B; for a tied head: model.overrides.tie_embeddings = true.
+    "llama3.1-8b": ModelConfig(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                               ffn_hidden=14336, max_seq_len=131072, rope_theta=500000.0,
+                               rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_seq_len=8192),
 }
 
 

@@ -65,7 +65,7 @@ def _check(cond: bool, key: str, message: str) -> None:
 @dataclass(frozen=True)
 class ModelSection:
     preset: str = "debug"
-    """Name of a `model.PRESETS` shape (debug, tiny, 125m, 1b, 7b, llama3-8b)."""
+    """Name of a `model.PRESETS` shape (debug, tiny, 125m, 1b, 7b, llama3-8b, llama3.1-8b)."""
     overrides: dict[str, int | float | str | bool | None] = field(default_factory=dict)
     """ModelConfig fields replacing the preset's, e.g. ``{max_seq_len = 512}``. The pretrain
     stage sets ``vocab_size`` from the tokenizer (its size padded to a multiple of 64)."""
@@ -189,6 +189,27 @@ class RunSection:
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     """Compute dtype on CUDA (autocast, or FSDP's param dtype; master weights stay fp32).
     CPU always computes in float32: CPU autocast is slow and fp32 keeps resume bitwise exact."""
+    precision: Literal["bf16", "fp8-tensorwise", "fp8-rowwise"] = "bf16"
+    """Matmul precision of the transformer blocks' linears. bf16: every matmul in `run.dtype`.
+    fp8-*: torchao float8 training (`trainer.float8`) for the block linears that gain from it,
+    with tensorwise (one scale per tensor, fastest) or rowwise (one per row, power-of-2 scales,
+    more accurate) scaling; the output head, embeddings and norms stay in run.dtype. Needs a
+    CUDA GPU with FP8 tensor cores (sm_89+: H100/H200/L40/RTX 4090), ``pip install
+    torchao==0.18.0``, run.dtype = bfloat16, and run.compile for speed (compile fuses the casts).
+    Not a runtime field: FP8 rounds activations, weights and gradients to 3 mantissa bits inside
+    those matmuls, so the weights a run learns differ (slightly) from a bf16 run's; the artifact
+    key must tell them apart."""
+    fp8_filter: Literal["auto", "all"] = "auto"
+    """Which block linears an fp8-* run converts (the head never is; dims must be multiples of 16).
+    auto: only those large enough to gain, by torchao's H100 thresholds per recipe (torchtitan's
+    ``auto_filter_small_kn``); all: every one. Part of what is learned, like `precision`."""
+    fused_loss: bool = runtime_field(False)
+    """Compute the output head and cross-entropy in chunks of tokens with their gradients
+    (`model.fused_loss`), so the [tokens, vocab] logits are never materialized: at a 128k vocab
+    that saves ~10 bytes per token per vocab entry (GBs), and allows a larger micro-batch.
+    Runtime-only: the same loss and gradients up to float summation order, like compile."""
+    fused_loss_chunk: int = runtime_field(0)
+    """Tokens per chunk of the fused loss; 0 = ~1 GiB of fp32 logits per chunk (2048 at 128k vocab)."""
     compile: bool = runtime_field(False)
     """torch.compile each transformer block (CUDA: ~1.2-1.5x faster after a minute of compiling)."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = runtime_field("auto")
@@ -215,6 +236,11 @@ class RunSection:
         for name in ("val_every", "val_batches"):
             _check(getattr(self, name) >= 0, f"run.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.peak_tflops > 0, "run.peak_tflops", f"must be > 0, got {self.peak_tflops}")
+        _check(self.fused_loss_chunk >= 0, "run.fused_loss_chunk",
+               f"must be >= 0 (0 = auto), got {self.fused_loss_chunk}")
+        _check(self.precision == "bf16" or self.dtype == "bfloat16", "run.precision",
+               f"= {self.precision!r} needs run.dtype = 'bfloat16' (FP8 matmuls take and give bf16), "
+               f"got run.dtype = {self.dtype!r}")
 
 
 RDZV_PORT = 29400

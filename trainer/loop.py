@@ -66,7 +66,7 @@ from trainer.data import TokenLoader
 from trainer.lifeline import die_with_parent, hold_run_dir
 from trainer.metrics import MetricsLogger, peak_memory_gb, plot_loss_curve, truncate_after
 from trainer.optim import build_optimizer
-from trainer.parallelize import DistEnv, autocast_context, compute_dtype, init_distributed
+from trainer.parallelize import DistEnv, autocast_context, compute_dtype, init_distributed, register_step_hooks
 from trainer.schedule import lr_at
 from trainer.state import TrainState
 from trainer.summary import DONE_FILE, TrainSummary
@@ -340,11 +340,12 @@ class Trainer:
         seed_all(cfg.run.seed)  # before anything draws: weight init, dropout, LoRA init
         self.parts = recipe.build()
         self.optimizer = build_optimizer(self.parts.raw, cfg.optim)
+        register_step_hooks(self.parts.model, self.optimizer, cfg.run, dist)
         self.params = trainable(self.parts.raw)
         n_trainable, n_total = trainable_parameters(self.parts.raw)
-        log.info("%s: %.2fM params, %.2fM trainable | %d rank(s), parallel=%s, %s on %s", recipe.kind,
+        log.info("%s: %.2fM params, %.2fM trainable | %d rank(s), parallel=%s, %s (%s) on %s%s", recipe.kind,
                  n_total / 1e6, n_trainable / 1e6, dist.world_size, dist.mode, compute_dtype(dist, cfg.run),
-                 dist.device)
+                 cfg.run.precision, dist.device, ", fused loss" if cfg.run.fused_loss else "")
         self.checkpointer = Checkpointer(self.out_dir, cfg, self.parts, self.optimizer, dist)
         self.state = self.checkpointer.resume()
         recipe.start(self.parts, self.out_dir, resumed=self.checkpointer.resumed_from is not None)
@@ -398,6 +399,7 @@ class Trainer:
             kind=self.recipe.kind, steps=state.step, tokens_seen=state.tokens_seen, final_loss=state.last_loss,
             val_loss=state.last_val_loss, best_val_loss=state.best_val_loss, elapsed_s=round(state.elapsed_s, 3),
             params=n_total, trainable_params=n_trainable, world_size=self.dist.world_size,
+            precision=self.cfg.run.precision,
             checkpoint=str(checkpoint_path(out_dir, state.step).relative_to(out_dir)),
             **self.recipe.summary_fields())
         if self.dist.is_main:

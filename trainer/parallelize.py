@@ -6,9 +6,11 @@ The model (`model.Llama`) knows nothing of any of this (torchtitan's split):
     model, raw = build_model(model_cfg, cfg.run, dist)  # meta build -> parallelize -> init
     with autocast_context(dist, cfg.run): loss = model(x, y)[1]
 
-`parallelize` applies, in torchtitan's order, activation checkpointing per block ->
+`parallelize` applies, in torchtitan's order, FP8 conversion of the block linears
+(`trainer.float8`, when run.precision asks) -> activation checkpointing per block ->
 `torch.compile` per block -> FSDP2 `fully_shard` per block and at the root (params in
 bf16 for compute, gradients reduced in fp32). DDP instead wraps a materialized model.
+It also switches the head to the fused chunked loss (run.fused_loss, `model.fused_loss`).
 Mixed precision: FSDP casts parameters itself; single device and DDP use autocast on
 CUDA; CPU always computes in fp32.
 """
@@ -27,6 +29,8 @@ from torch import nn
 
 from kiln.errors import KilnError
 from model import Llama, ModelConfig
+from model.fused_loss import default_chunk_size
+from trainer import float8
 from trainer.config import RunSection
 
 log = logging.getLogger("trainer")
@@ -120,6 +124,35 @@ def autocast_context(dist: DistEnv, run: RunSection) -> contextlib.AbstractConte
     return torch.autocast(device_type=dist.device.type, dtype=dtype)
 
 
+def uses_fsdp_float8_all_gather(run: RunSection, dist: DistEnv) -> bool:
+    """Tensorwise FP8 under FSDP over several ranks all-gathers float8 weight shards (half the bytes)."""
+    return run.precision == "fp8-tensorwise" and dist.mode == "fsdp" and dist.world_size > 1
+
+
+def apply_loss_and_precision(model: Llama, run: RunSection, dist: DistEnv) -> None:
+    """The fused head + loss (run.fused_loss) and FP8 block linears (run.precision), before anything wraps them."""
+    if run.fused_loss:
+        if not isinstance(model.output, nn.Linear):
+            raise KilnError("train config: run.fused_loss needs a plain output head; drop 'output' from "
+                            "lora.targets or set run.fused_loss=false")
+        model.fused_loss_chunk = run.fused_loss_chunk or default_chunk_size(model.cfg.vocab_size)
+    if run.precision != "bf16":
+        float8.check_fp8_device(dist.device)
+        if not run.compile:
+            log.warning("run.precision=%s without run.compile: FP8 casts run unfused, usually slower than bf16",
+                        run.precision)
+        float8.convert_to_float8(model, run.precision, fp8_filter=run.fp8_filter,
+                                 fsdp_all_gather=uses_fsdp_float8_all_gather(run, dist))
+
+
+def register_step_hooks(model: nn.Module, optimizer: torch.optim.Optimizer, run: RunSection,
+                        dist: DistEnv) -> None:
+    """What must follow every optimizer step: FSDP float8 all-gather wants all weight scales in one
+    all-reduce after the weights change (torchao's `precompute_float8_dynamic_scale_for_fsdp`)."""
+    if uses_fsdp_float8_all_gather(run, dist):
+        optimizer.register_step_post_hook(lambda *_: float8.precompute_fsdp_scales(model))
+
+
 def apply_activation_checkpointing(model: Llama) -> None:
     """Wrap each block so its activations are recomputed in backward (state-dict keys unchanged)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -158,6 +191,7 @@ def parallelize(model: Llama, run: RunSection, dist: DistEnv) -> nn.Module:
     FSDP works on a meta-device model (materialize afterwards with `to_empty` +
     `init_weights`); DDP needs a materialized one. `build_model` does both right.
     """
+    apply_loss_and_precision(model, run, dist)
     if run.activation_checkpointing:
         apply_activation_checkpointing(model)
     if run.compile:

@@ -48,6 +48,8 @@ class TrainSummary:
     """Ranks of the last session."""
     checkpoint: str
     """The final checkpoint, relative to the run directory."""
+    precision: str = "bf16"
+    """run.precision of the run: bf16, fp8-tensorwise or fp8-rowwise (benchmarks report it)."""
     final_dir: str = "final"
     """Consolidated weights + config.json, relative to the run directory."""
     preset: str = ""

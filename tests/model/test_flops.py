@@ -12,6 +12,7 @@ from model.flops import H100_BF16_PEAK
 PUBLISHED = {
     "7b": 6_738_415_616,  # Llama-2-7B
     "llama3-8b": 8_030_261_248,  # Llama-3-8B
+    "llama3.1-8b": 8_030_261_248,  # Llama-3.1-8B: same shape, longer RoPE
     "1b": 1_235_814_400,  # Llama-3.2-1B (tied embeddings)
 }
 

@@ -64,3 +64,15 @@ def test_unknown_preset_lists_valid_names() -> None:
 def test_unknown_override_key_is_named() -> None:
     with pytest.raises(KilnError, match="'hidden_size'"):
         get_preset("debug", hidden_size=10)
+
+
+def test_llama31_8b_preset_exports_the_released_hf_config() -> None:
+    from model.hf_interop import hf_config
+
+    hf = hf_config(get_preset("llama3.1-8b"))
+    assert (hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"], hf["num_key_value_heads"],
+            hf["intermediate_size"], hf["vocab_size"]) == (4096, 32, 32, 8, 14336, 128256)
+    assert hf["max_position_embeddings"] == 131072 and hf["rope_theta"] == 500000.0
+    assert hf["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    assert hf["tie_word_embeddings"] is False

@@ -47,6 +47,27 @@ def test_single_gpu_fsdp_path_runs_on_cpu(bench, tmp_path):
     assert not torch.distributed.is_initialized()
 
 
+def test_rows_record_precision_fused_loss_and_head_tying(bench, tmp_path):
+    report = bench.main(["--device", "cpu", "--preset", "debug", "--steps", "1", "--vocab-sizes", "none",
+                         "--seq-len", "32", "--fused-loss", "--untied-head", "--out", str(tmp_path / "b.json")])
+    (row,) = report["results"]
+    assert (row["precision"], row["fp8_filter"], row["fused_loss"], row["tie_embeddings"]) == ("bf16", "auto", True,
+                                                                                               False)
+    assert row["params"] == bench.count_params(bench.get_preset("debug", tie_embeddings=False))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs an sm_89+ GPU")
+def test_cuda_fp8_rows(bench, tmp_path):
+    """125m tensorwise: the auto filter converts the FFN linears (768 -> 2048 and back), so FP8 GEMMs run."""
+    report = bench.main(["--preset", "125m", "--seq-len", "256", "--steps", "3", "--warmup", "2", "--compile", "on",
+                         "--vocab-sizes", "none", "--precision", "fp8-tensorwise", "--fused-loss",
+                         "--out", str(tmp_path / "fp8.json")])
+    (row,) = report["results"]
+    assert "error" not in row and row["precision"] == "fp8-tensorwise" and row["tokens_per_s"] > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_compile_and_bf16(bench, tmp_path):

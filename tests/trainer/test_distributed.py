@@ -78,6 +78,17 @@ def test_single_process_fsdp_runs_without_torchrun(pattern_data, tmp_path):
     assert len(train_losses(tmp_path)) == 4 and (tmp_path / "final" / "config.json").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:DTensor random operators")
+def test_fsdp_fused_loss_on_a_tied_head_learns_what_the_plain_head_learns(pattern_data, tmp_path):
+    """Under FSDP the head's weight is the root's gathered (tied) embedding table; the fused loss reads it
+    directly, and its gradient must reach the sharded parameter through FSDP's reduce-scatter."""
+    common = short("run.parallel=fsdp", "model.overrides.tie_embeddings=true")
+    assert main(train_args(pattern_data, tmp_path / "plain", *common)) == 0
+    assert main(train_args(pattern_data, tmp_path / "fused", *common, "run.fused_loss=true",
+                           "run.fused_loss_chunk=40")) == 0
+    assert train_losses(tmp_path / "fused") == pytest.approx(train_losses(tmp_path / "plain"), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_on_a_different_number_of_processes(pattern_data, tmp_path):
     """A run sharded over 2 ranks resumes on 1 (DCP reshards on load); the global batch, and so the

@@ -159,3 +159,15 @@ def test_cpu_step_lines_show_no_mfu(pattern_data, tmp_path, caplog):
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 2/2 |")]
     assert steps and "tok/s" in steps[0] and "mfu" not in steps[0]
     assert [m["mfu"] for m in read_metrics(tmp_path / "metrics.jsonl", "train")] == [None, None]
+
+
+def test_fused_loss_trains_the_same_curve(pattern_data, straight_run, tmp_path):
+    """run.fused_loss (chunks of 48 of the 128 positions per micro-batch: the last one short) learns what the
+    plain head learns, to float rounding; it is a runtime field, so DONE.json records the same precision."""
+    assert main(train_args(pattern_data, tmp_path, "run.fused_loss=true", "run.fused_loss_chunk=48")) == 0
+    fused, plain = train_losses(tmp_path), train_losses(straight_run)
+    assert fused == pytest.approx(plain, rel=1e-4)
+    val = read_metrics(tmp_path / "metrics.jsonl", "val")  # validation runs the chunked loss without grads
+    assert [m["val_loss"] for m in val] == pytest.approx(
+        [m["val_loss"] for m in read_metrics(straight_run / "metrics.jsonl", "val")], rel=1e-4)
+    assert json.loads((tmp_path / "DONE.json").read_text())["precision"] == "bf16"

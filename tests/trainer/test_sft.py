@@ -8,6 +8,7 @@ stage that prepares chat data in the pipeline.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,19 @@ def test_a_val_split_smaller_than_a_micro_batch_is_still_scored(sft_setup, tok, 
     val = read_metrics(tmp_path / "metrics.jsonl", "val")
     assert [m["step"] for m in val] == [1, 2] and all(m["val_loss"] > 0 for m in val)
     assert json.loads((tmp_path / "DONE.json").read_text())["val_loss"] == val[-1]["val_loss"]
+
+
+def test_fused_loss_counts_only_assistant_tokens_like_the_plain_head(sft_setup, full_run, tmp_path):
+    """Prompt tokens are IGNORE_INDEX: the chunked loss (chunks of 100 over 4 x 96 positions) skips them the same."""
+    torch.set_num_threads(1)
+    assert main(sft_args(sft_setup, tmp_path, "run.fused_loss=true", "run.fused_loss_chunk=100")) == 0
+    assert train_losses(tmp_path) == pytest.approx(train_losses(full_run), rel=1e-4)
+    assert read_metrics(tmp_path / "metrics.jsonl", "val")[-1]["val_loss"] == pytest.approx(
+        read_metrics(full_run / "metrics.jsonl", "val")[-1]["val_loss"], rel=1e-4)
+
+
+def test_fused_loss_refuses_a_lora_adapted_head(sft_setup, tmp_path, caplog):
+    args = sft_args(sft_setup, tmp_path, "lora.rank=4", 'lora.targets=["wq", "output"]', "run.fused_loss=true")
+    with caplog.at_level(logging.ERROR, logger="trainer"):
+        assert main(args) == 2  # KilnError: one line saying what to change
+    assert "run.fused_loss needs a plain output head" in caplog.text

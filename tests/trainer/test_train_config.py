@@ -43,6 +43,8 @@ def test_overrides_and_model_resolution():
     ("model.preset=huge", "huge"),
     ("model.overrides.dim=65", "dim"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+    ("run.precision=fp8", "run.precision"),
+    ("run.fused_loss_chunk=-1", "run.fused_loss_chunk"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(KilnError, match=key.replace(".", r"\.")):
@@ -52,6 +54,17 @@ def test_bad_values_name_the_key(override, key):
 def test_runtime_fields_stay_out_of_the_artifact_key():
     base = canonical_dict(TrainConfig())
     fast = canonical_dict(load_config(TrainConfig, None, ["run.compile=true", "data.num_workers=4",
-                                                          "run.parallel=fsdp", "checkpoint.every_steps=7"]))
+                                                          "run.parallel=fsdp", "checkpoint.every_steps=7",
+                                                          "run.fused_loss=true", "run.fused_loss_chunk=512"]))
     assert base == fast
     assert canonical_dict(load_config(TrainConfig, None, ["optim.lr=1e-3"])) != base
+    # FP8 rounds inside the block matmuls: a different run, a different artifact.
+    assert canonical_dict(load_config(TrainConfig, None, ["run.precision=fp8-rowwise"])) != base
+    assert canonical_dict(load_config(TrainConfig, None, ["run.fp8_filter=all"])) != base
+
+
+def test_fp8_configs_validate_without_a_gpu_or_torchao():
+    cfg = load_config(TrainConfig, None, ["run.precision=fp8-tensorwise", "run.device=cpu"])
+    assert cfg.run.precision == "fp8-tensorwise"  # the device is checked when the model is built
+    with pytest.raises(KilnError, match=r"run\.precision.*bfloat16"):
+        load_config(TrainConfig, None, ["run.precision=fp8-rowwise", "run.dtype=float32"])

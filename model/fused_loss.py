@@ -1,0 +1,100 @@
+"""Output projection + cross-entropy in chunks of tokens, so the [tokens, vocab] logits never exist whole.
+
+    loss = linear_cross_entropy(h, model.output.weight, targets)   # == F.cross_entropy(h @ W.T, targets)
+
+At a 128k vocabulary the logits are the largest tensors of a step: 16k tokens x 128,256
+x (2 bytes of bf16 logits + 4 of their fp32 upcast + 4 of the softmax gradient) is ~21 GB,
+more than the 1B model's weights, gradients and AdamW states together. This computes, for
+each chunk of tokens in turn, the chunk's logits, its share of the loss and at once the
+gradients with respect to the hidden states and the weight (Liger-Kernel's
+FusedLinearCrossEntropy design), then drops the chunk's logits. Backward only scales the
+stored gradients by the incoming one, so the step does the same three matmuls as the plain
+head (forward, grad wrt h, grad wrt W) and no recompute.
+
+Numerics match ``F.cross_entropy(reduction="mean", ignore_index=-100)`` of the plain head: the
+chunk's logits come out of the matmul in its input dtype (as ``nn.Linear`` gives them) and are
+upcast once; log-sum-exp, softmax and the loss run in float32; the weight gradient accumulates
+over chunks in float32 and is cast to the weight's dtype once at the end. Only the summation
+order differs, so in float32 the two agree to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (SFT masks prompts this way)
+CHUNK_LOGITS_BYTES = 1 << 30
+"""Default chunk size aims at ~1 GiB of float32 logits per chunk: big enough that each chunk's
+three matmuls still saturate a GPU, small enough that a chunk's temporaries (its fp32 logits,
+softmax in place, a bf16 copy of the gradient) stay near 1.5 GiB whatever the micro-batch."""
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk for ~`CHUNK_LOGITS_BYTES` of fp32 logits, a multiple of 256 (GEMM-friendly), >= 256."""
+    return max(256, (CHUNK_LOGITS_BYTES // (4 * vocab_size)) // 256 * 256)
+
+
+def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h: bool,
+             need_w: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Mean loss over counted tokens and, when asked, its gradients wrt h [N, D] and weight [V, D]."""
+    counted = (targets != IGNORE_INDEX).sum().clamp(min=1).float()
+    total = h.new_zeros((), dtype=torch.float32)
+    grad_h = torch.empty_like(h) if need_h else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    for start in range(0, h.shape[0], chunk_size):
+        h_c, t_c = h[start:start + chunk_size], targets[start:start + chunk_size]
+        logits = (h_c @ weight.t()).float()  # [C, V]
+        lse = torch.logsumexp(logits, dim=-1)
+        valid = t_c != IGNORE_INDEX
+        safe = t_c.clamp(min=0)[:, None]  # ignored rows pick class 0; `valid` zeroes them below
+        total = total + ((lse - logits.gather(1, safe).squeeze(1)) * valid).sum()
+        if not (need_h or need_w):
+            continue
+        # d(mean loss)/d(logits) = (softmax - onehot(target)) / counted, zero on ignored rows; in place.
+        grad = logits.sub_(lse[:, None]).exp_()
+        grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
+        grad = grad.mul_((valid / counted)[:, None]).to(weight.dtype)
+        if grad_h is not None:
+            grad_h[start:start + chunk_size] = grad @ weight
+        if grad_w is not None:
+            grad_w += (grad.t() @ h_c).float()
+    return total / counted, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The gradients are made in forward (one pass over each chunk's logits); backward scales them."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,  # type: ignore[override]
+                need_h: bool, need_w: bool) -> Tensor:
+        loss, grad_h, grad_w = _chunked(h, weight, targets, chunk_size, need_h, need_w)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_loss.float()
+        return (None if grad_h is None else (grad_h * scale).to(grad_h.dtype),
+                None if grad_w is None else (grad_w * scale).to(grad_w.dtype), None, None, None, None)
+
+
+def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int | None = None) -> Tensor:
+    """Mean cross-entropy of ``h @ weight.T`` against `targets` (IGNORE_INDEX rows skipped; 0 if none count).
+
+    h: [..., D] hidden states after the final norm; weight: [V, D] the output head (the embedding
+    table when tied); targets: [...] class ids. Under autocast, h and weight are cast to the
+    autocast dtype first, as ``nn.Linear`` would be (the cast is differentiable, so the fp32
+    master weight gets its gradient). Without autograd (validation) only the loss is computed.
+    """
+    h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    if torch.is_autocast_enabled(h.device.type):
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    chunk = chunk_size or default_chunk_size(weight.shape[0])
+    grad_on = torch.is_grad_enabled()
+    need_h, need_w = grad_on and h.requires_grad, grad_on and weight.requires_grad
+    if not (need_h or need_w):
+        return _chunked(h, weight, targets, chunk, False, False)[0]
+    return _LinearCrossEntropy.apply(h, weight, targets, chunk, need_h, need_w)

@@ -1,0 +1,152 @@
+"""The chunked head + cross-entropy equals the plain one (loss and gradients) and never makes the full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from model import IGNORE_INDEX, Llama, get_preset
+from model.fused_loss import default_chunk_size, linear_cross_entropy
+
+N, D, V = 37, 16, 50  # 37 tokens: no chunk size below divides it
+
+
+def _inputs(seed: int = 0, ignore: slice | None = slice(8, 20)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=gen, dtype=torch.float64).float().requires_grad_()
+    w = (0.3 * torch.randn(V, D, generator=gen)).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=gen)
+    if ignore is not None:
+        t[ignore] = IGNORE_INDEX  # with chunk 5 or 7, whole chunks in here count nothing
+    t[-1] = IGNORE_INDEX
+    return h, w, t
+
+
+def _plain(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy((h @ w.t()).float(), t, ignore_index=IGNORE_INDEX)
+
+
+@pytest.mark.parametrize("chunk", [5, 7, 64, None])  # non-dividing, one chunk for all, the default
+def test_loss_and_grads_match_plain_cross_entropy(chunk):
+    h, w, t = _inputs()
+    ref = _plain(h, w, t)
+    ref_gh, ref_gw = torch.autograd.grad(ref * 3.0, (h, w))  # a non-unit upstream gradient
+    loss = linear_cross_entropy(h, w, t, chunk)
+    gh, gw = torch.autograd.grad(loss * 3.0, (h, w))
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-5, atol=1e-7)
+    assert gh[8:20].abs().max() == 0  # ignored tokens get no gradient
+
+
+def test_all_ignored_is_zero_loss_and_zero_grads():
+    h, w, t = _inputs()
+    t[:] = IGNORE_INDEX
+    loss = linear_cross_entropy(h, w, t, 8)
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad is not None and w.grad is not None
+    assert h.grad.abs().max() == 0 and w.grad.abs().max() == 0
+
+
+def test_only_the_inputs_that_need_grads_get_them():
+    h, w, t = _inputs()
+    w.requires_grad_(False)  # a frozen head (LoRA without the output target)
+    linear_cross_entropy(h, w, t, 6).backward()
+    ref_h = h.detach().clone().requires_grad_()
+    _plain(ref_h, w, t).backward()
+    torch.testing.assert_close(h.grad, ref_h.grad)
+    with torch.no_grad():  # validation: loss only
+        torch.testing.assert_close(linear_cross_entropy(h, w, t, 6), _plain(h, w, t))
+
+
+def test_batched_shape_and_bfloat16_weight():
+    h, w, t = _inputs(ignore=None)
+    hb, wb = h.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    loss = linear_cross_entropy(hb[:36].view(4, 9, D), wb, t[:36].view(4, 9), 10)
+    loss.backward()
+    assert hb.grad is not None and wb.grad is not None
+    assert loss.dtype == torch.float32 and hb.grad.dtype == wb.grad.dtype == torch.bfloat16
+    ref_h, ref_w = hb.detach().clone().requires_grad_(), wb.detach().clone().requires_grad_()
+    ref = _plain(ref_h[:36], ref_w, t[:36])
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(wb.grad, ref_w.grad, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_debug_model_params_get_the_plain_gradients(tied):
+    """End to end through the debug preset: every parameter's gradient, tied or untied head, with a loss mask."""
+    cfg = get_preset("debug", tie_embeddings=tied)
+    torch.manual_seed(0)
+    plain = Llama(cfg)
+    fused = Llama(cfg)
+    fused.load_state_dict(plain.state_dict())
+    fused.fused_loss_chunk = 13  # 3 x 20 = 60 tokens: 5 chunks, the last one short
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, cfg.vocab_size, (3, 20), generator=gen)
+    y = torch.randint(0, cfg.vocab_size, (3, 20), generator=gen)
+    y[0, :15] = IGNORE_INDEX  # an SFT prompt
+    mask = torch.ones_like(y, dtype=torch.bool)
+    mask[2, 5:] = False
+    logits, loss = fused(x, y, loss_mask=mask)
+    assert logits is None
+    _, ref = plain(x, y, loss_mask=mask)
+    loss.backward()
+    assert ref is not None
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    grads = dict(plain.named_parameters())
+    for name, p in fused.named_parameters():
+        ref_grad = grads[name].grad
+        assert p.grad is not None and ref_grad is not None, name
+        torch.testing.assert_close(p.grad, ref_grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert fused(x)[0] is not None  # without targets the head still returns logits (generation, DPO)
+
+
+class _LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_no_tensor_of_full_logits_size_is_made(fused):
+    """The fused head's largest intermediate is one chunk's logits; the plain head makes [N, V] (so this can fail)."""
+    cfg = get_preset("debug", vocab_size=4096, dim=32)  # logits dwarf every weight and activation
+    model = Llama(cfg)
+    model.fused_loss_chunk = 64 if fused else None
+    x = torch.randint(0, cfg.vocab_size, (4, 128))
+    with _LargestOutput() as probe:
+        model(x, x.roll(-1, dims=1))[1].backward()  # type: ignore[union-attr]
+    n_logits = x.numel() * cfg.vocab_size
+    if fused:
+        assert probe.largest <= 64 * cfg.vocab_size < n_logits
+    else:
+        assert probe.largest >= n_logits
+
+
+def test_compiles_with_autograd():
+    """Dynamo traces the autograd.Function (aot_eager: no C++ toolchain needed) and gets the same gradients."""
+    h, w, t = _inputs()
+    compiled = torch.compile(linear_cross_entropy, backend="aot_eager", fullgraph=True)
+    loss = compiled(h, w, t, 7)
+    gh, gw = torch.autograd.grad(loss, (h, w))
+    ref_gh, ref_gw = torch.autograd.grad(_plain(h, w, t), (h, w))
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-5, atol=1e-7)
+
+
+def test_default_chunk_size_keeps_chunk_logits_near_one_gib():
+    assert default_chunk_size(128256) == 2048  # 2048 x 128256 x 4 B = 0.98 GiB
+    assert default_chunk_size(512) % 256 == 0 and default_chunk_size(10**9) == 256
