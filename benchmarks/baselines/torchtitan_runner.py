@@ -48,7 +48,7 @@ What this file adds, and why the comparison stays fair
   the steps after ``--warmup``. MFU uses Kiln's ``model.flops.flops_per_token`` (6 N_matmul +
   12 L d T, the head counted) against 989 TFLOP/s; ``peak_mem_gb`` is torch.cuda's
   ``allocated_bytes.all.peak`` / 1e9 (``max_memory_allocated``), read at each of torchtitan's
-  metric logs before it resets the peak, max over the run.
+  metric logs before it resets the peak, max over the run (on CPU: the process's peak RSS).
 """
 
 from __future__ import annotations
@@ -431,6 +431,13 @@ def meta_only(args: argparse.Namespace) -> dict[str, Any]:
             "activation_checkpoint": job.activation_checkpoint.mode, "compile": job.compile.enable}
 
 
+def _max_rss_gb() -> float:
+    """CPU dry run: the process's peak resident set, as Kiln's trainer.metrics.peak_memory_gb reports on CPU."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1e9 if sys.platform == "darwin" else 1e6)
+
+
 def result_row(args: argparse.Namespace, times: list[float], wall: float) -> dict[str, Any]:
     """The output JSON: train_throughput.py's metric keys, gpu_frontier's row keys, and torchtitan's own logs."""
     import torch
@@ -476,7 +483,7 @@ def result_row(args: argparse.Namespace, times: list[float], wall: float) -> dic
         "tokens_per_s": tps, "tokens_per_s_per_device": tps,
         "tokens_per_s_mean": tokens_per_step / statistics.fmean(timed),
         "flops_per_token": flops, "flops_source": flops_src, "peak_flops": PEAK_FLOPS, "mfu": tps * flops / PEAK_FLOPS,
-        "peak_mem_gb": peak / 1e9 if cuda else None,
+        "peak_mem_gb": peak / 1e9 if cuda else _max_rss_gb(),
         "loss_first": logs[0].get("loss_metrics/global_avg_loss") if logs else None,
         "loss_last": logs[-1].get("loss_metrics/global_avg_loss") if logs else None,
         "torchtitan_logged": {"tps_median": med("throughput(tps)"), "mfu_pct_median": med("mfu(%)"),
