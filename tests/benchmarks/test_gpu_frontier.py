@@ -1,0 +1,110 @@
+"""gpu_frontier pairs the right rows: same-batch FP8 vs bf16, untied Kiln vs torchtitan, per seq_len."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import gpu_frontier as gf
+
+
+def kiln(preset, tps, *, mb=8, seq=2048, precision="bf16", mfu=None, tied=None, **extra):
+    row = {"system": "kiln", "preset": preset, "micro_batch_size": mb, "seq_len": seq, "precision": precision,
+           "tokens_per_s": tps, "mfu": mfu, "peak_mem_gb": 40.0, "compile": True, "fused_loss": False,
+           "vocab_size": gf.VOCAB[gf.SHAPE_OF[preset]], "activation_checkpointing": False, **extra}
+    if tied is not None:
+        row["tie_embeddings"] = tied
+    return row
+
+
+def tt(shape, tps, *, mb=8, seq=2048, precision="bf16"):
+    return {"system": "torchtitan 0.2.2", "shape": shape, "micro_batch": mb, "seq_len": seq, "precision": precision,
+            "tokens_per_s": tps, "mfu": 0.4, "peak_mem_gb": 50.0, "tied": False, "compile": True,
+            "fused_loss": False, "activation_checkpointing": "none", "vocab_size": gf.VOCAB[shape]}
+
+
+def summary(*raw):
+    return gf.summarize([gf.normalize(r) for r in raw])
+
+
+def test_normalize_maps_kiln_and_runner_keys_to_the_issue_row():
+    row = gf.normalize(kiln("llama3-8b", 9000.0, mb=2, seq=4096, mfu=0.41, activation_checkpointing=True))
+    assert {k: row[k] for k in gf.ROW_KEYS} == {"system": "kiln", "shape": "8b", "precision": "bf16",
+                                                "micro_batch": 2, "seq_len": 4096, "tokens_per_s": 9000.0,
+                                                "mfu": 0.41, "peak_mem_gb": 40.0}
+    assert row["activation_checkpointing"] == "full"
+    assert gf.normalize(kiln("1b", 1.0))["tied"] is True  # Kiln's 1b preset is tied unless the row says not
+    assert gf.normalize(kiln("1b", 1.0, tied=False))["tied"] is False
+    assert gf.normalize({"system": "litgpt", "version": "0.5.13", "shape": "1b", "batch_size": 8,
+                         "precision": "Fabric bf16-mixed (single device, no FSDP)"})["precision"] == "bf16"
+
+
+def test_fp8_speedup_pairs_the_same_micro_batch_only():
+    doc = summary(kiln("1b", 100.0, mb=8), kiln("1b", 90.0, mb=16),
+                  kiln("1b", 120.0, mb=8, precision="fp8-rowwise"),
+                  kiln("1b", 115.0, mb=8, precision="fp8-tensorwise"),
+                  kiln("1b", 200.0, mb=16, precision="fp8-rowwise", fused_loss=True))  # no bf16 fused partner
+    assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(1.2)
+    assert "fp8-rowwise mb8" in doc["figure_sources"]["fp8_speedup_vs_kiln_bf16"]
+    assert doc["goals"]["fp8_speedup_vs_kiln_bf16"]["met"] is True
+
+
+def test_torchtitan_comparison_uses_untied_kiln_rows_and_its_best_bf16():
+    rows = [kiln("1b", 500.0, tied=True), kiln("1b", 130.0, tied=False, precision="fp8-rowwise"),
+            tt("1b", 90.0), tt("1b", 100.0, mb=16), tt("1b", 999.0, precision="fp8-rowwise")]
+    doc = summary(*rows)
+    assert doc["best_1b_speedup_vs_torchtitan_bf16"] == pytest.approx(1.3)  # 130 / 100, the tied 500 ignored
+    assert doc["goals"]["best_1b_speedup_vs_torchtitan_bf16"]["met"] is False
+    assert summary(kiln("1b", 500.0, tied=True), tt("1b", 100.0))["best_1b_speedup_vs_torchtitan_bf16"] is None
+
+
+def test_8b_figures_compare_within_a_seq_len_and_take_the_smallest():
+    doc = summary(kiln("llama3-8b", 110.0, seq=4096, mfu=0.42), kiln("llama3-8b", 60.0, seq=8192, mfu=0.45),
+                  kiln("llama3-8b", 140.0, seq=4096, precision="fp8-tensorwise"),
+                  tt("8b", 100.0, seq=4096), tt("8b", 50.0, seq=8192), tt("8b", 10.0, seq=2048))
+    assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.1)  # min(110/100, 60/50)
+    assert doc["fp8_speedup_8b"] == pytest.approx(140 / 110)
+    assert doc["mfu_8b"] == 0.45
+
+
+def test_failed_and_off_vocab_rows_are_listed_but_not_counted():
+    doc = summary(kiln("125m", 500.0, mfu=0.48), kiln("125m", 600.0, mfu=0.58, vocab_size=32001),
+                  {**kiln("125m", 0.0), "error": "OOM: ..."})
+    assert doc["mfu_125m"] == 0.48
+    assert len(doc["rows"]) == 3 and doc["goals"]["mfu_125m"]["met"] is False
+    unmeasured = [k for k in gf.GOALS if k != "mfu_125m"]
+    assert all(doc[k] is None and doc["goals"][k]["met"] is None for k in unmeasured)
+
+
+def test_summarize_cli_reads_reports_runner_rows_ceiling_and_measured_figures(tmp_path):
+    report = {"benchmark": "train_throughput", "device": "NVIDIA H200", "torch": "2.11.0+cu130",
+              "results": [kiln("1b", 100.0, tied=False), kiln("1b", 118.0, tied=False, precision="fp8-rowwise")]}
+    (tmp_path / "kiln_1b_8.json").write_text(json.dumps(report))
+    (tmp_path / "tt_1b_8.json").write_text(json.dumps(tt("1b", 80.0)))
+    (tmp_path / "ceiling.json").write_text(json.dumps({"benchmark": "matmul_ceiling", "tflops_median": 675.0}))
+    (tmp_path / "quality.json").write_text(json.dumps({"fp8_loss_rel_diff": 0.004}))
+    out = tmp_path / "gpu_frontier.json"
+    assert gf.main(["summarize", str(tmp_path), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert (doc["device"], doc["torch"], doc["matmul_ceiling_tflops"]) == ("NVIDIA H200", "2.11.0+cu130", 675.0)
+    assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(1.18)
+    assert doc["best_1b_speedup_vs_torchtitan_bf16"] == pytest.approx(118 / 80)
+    assert doc["fp8_loss_rel_diff"] == 0.004 and doc["goals"]["fp8_loss_rel_diff"]["met"] is True
+    assert len(doc["rows"]) == 3
+    assert gf.main(["summarize", str(tmp_path), "--out", str(out)]) == 0  # its own output is not read back
+    assert len(json.loads(out.read_text())["rows"]) == 3
+
+
+def test_results_json_of_several_device_calls_summarize_together(tmp_path):
+    """gpu_bench.sh merges a call's JSONs into results.json; two calls' files give one table."""
+    first = {"ceiling": {"benchmark": "matmul_ceiling", "tflops_median": 690.0},
+             "tt_8b_1_compile": tt("8b", 5000.0, mb=1, seq=4096)}
+    second = {"kiln_llama3_8b_1": {"device": "NVIDIA H200", "torch": "2.11.0+cu130",
+                                   "results": [kiln("llama3-8b", 5600.0, mb=1, seq=4096, mfu=0.42)]}}
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    rows, extras = gf.load_rows(tmp_path.glob("*.json"))
+    doc = gf.summarize(rows, extras)
+    assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.12) and doc["mfu_8b"] == 0.42
+    assert doc["matmul_ceiling_tflops"] == 690.0 and len(doc["rows"]) == 2
