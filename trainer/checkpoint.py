@@ -17,10 +17,14 @@ every RNG whose state is saved, so none starts from OS entropy). ``run.json`` ho
 differs between such runs; a missing or garbled one only restarts the wall clock.
 
 Everything is written into a hidden ``.tmp-step-…`` directory that is renamed into
-place only after the manifest is in it, so a checkpoint counts only once its
-manifest exists (torchtitan's rule). Loading verifies the sha256s; a corrupt newest
-checkpoint is reported by name and the previous good one is used. All ``.pt`` files
-load with ``torch.load(weights_only=True)``: nothing but tensors and plain containers.
+place only after its files are fsynced and the manifest is in it, so a checkpoint
+counts only once its manifest exists (torchtitan's rule). A save has two halves:
+`capture_checkpoint` copies the state into host buffers at the save step
+(`trainer.staging`), `write_checkpoint` serializes those copies; the loop runs the
+second in a background thread (``checkpoint.async_save``), and the bytes are the same.
+Loading verifies the sha256s; a corrupt newest checkpoint is reported by name and the
+previous good one is used. All ``.pt`` files load with ``torch.load(weights_only=True)``:
+nothing but tensors and plain containers.
 
 ``final/`` holds consolidated weights (``model.safetensors``; ``model.pt`` is still read
 from artifacts of older Kiln versions) plus ``config.json`` (ModelConfig): enough to generate
@@ -32,8 +36,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ from storage.atomic import atomic_write_text
 from storage.local import sha256_file
 from trainer.config import split_host_paths
 from trainer.parallelize import DistEnv
+from trainer.staging import HostStager, Snapshot
 from trainer.state import LOG_FIELDS
 
 log = logging.getLogger("trainer")
@@ -123,44 +130,114 @@ def save_pt(obj: Any, path: str | Path) -> None:
         torch.save(obj, fh)
 
 
-def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], cfg: Any, model_cfg: ModelConfig, dist: DistEnv,
-                    val_loss: float | None = None, run_log: dict[str, Any] | None = None) -> Path:
-    """Write checkpoint `step` atomically (collective: every rank must call it). Returns its path.
+@dataclass
+class SaveJob:
+    """A checkpoint captured at its step (`capture_checkpoint`): what `write_checkpoint` needs, and nothing that
+    training goes on changing, so the write may run in another thread while the next steps train."""
 
-    `trainer_state` is `trainer.state.TrainState.content_dict()`; `cfg` the run's whole config
-    dataclass (any recipe's), saved beside the weights without its host paths, which go to
-    ``run.json`` with `run_log` (`TrainState.log_dict()`: the wall clock).
-    """
+    tmp: Path
+    final: Path
+    step: int
+    tensors: Snapshot | None
+    """Host copies of ``{"model", "optim"}`` state dicts (every FSDP rank's shards; only rank 0's otherwise)."""
+    sharded: bool
+    """FSDP: written with `torch.distributed.checkpoint` (collective) into ``dcp/``."""
+    files: dict[str, str]
+    """Rank 0's small files by name (trainer state, configs, run log), already rendered."""
+    val_loss: float | None
+
+
+def capture_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama,
+                       optimizer: torch.optim.Optimizer, trainer_state: dict[str, Any], cfg: Any,
+                       model_cfg: ModelConfig, dist: DistEnv, stager: HostStager, val_loss: float | None = None,
+                       run_log: dict[str, Any] | None = None) -> SaveJob:
+    """The part of a save that must happen at step `step` (collective): the temporary directory, this rank's
+    RNG file, and the model and optimizer state queued for copying into `stager`'s host buffers."""
     final = checkpoint_path(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    tensors = None
     if dist.mode == "fsdp":
         from torch.distributed.checkpoint.state_dict import get_state_dict
-        from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
-    elif dist.is_main:
-        save_pt(raw.state_dict(), tmp / "model.pt")
-        save_pt(optimizer.state_dict(), tmp / "optimizer.pt")
+        tensors = stager.stage({"model": model_sd, "optim": optim_sd})
+    elif dist.is_main:  # DDP replicas are identical: rank 0 saves for all
+        tensors = stager.stage({"model": raw.state_dict(), "optim": optimizer.state_dict()})
     save_pt(rng_state(), tmp / f"rng-rank{dist.rank:05d}.pt")
-    dist.barrier()
+    dist.barrier()  # every rank's RNG file is in place before rank 0 can write the manifest
+    files = {}
     if dist.is_main:
-        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "scheduler": {"step": step}}, indent=2))
         train_cfg, paths = split_host_paths(cfg) if dataclasses.is_dataclass(cfg) else (to_dict(cfg), {})
-        configs = {"train": train_cfg, "model": dataclasses.asdict(model_cfg)}
-        (tmp / "config.json").write_text(json.dumps(configs, indent=2))
-        (tmp / RUN_LOG).write_text(json.dumps({**(run_log or {}), "paths": paths}, indent=2))
-        _write_manifest(tmp, step, val_loss)
-        if final.exists():  # left by an attempt that went further before a crash: superseded
-            shutil.rmtree(final)
-        tmp.rename(final)
+        files = {STATE_FILE: json.dumps({**trainer_state, "scheduler": {"step": step}}, indent=2),
+                 "config.json": json.dumps({"train": train_cfg, "model": dataclasses.asdict(model_cfg)}, indent=2),
+                 RUN_LOG: json.dumps({**(run_log or {}), "paths": paths}, indent=2)}
+    return SaveJob(tmp, final, step, tensors, dist.mode == "fsdp", files, val_loss)
+
+
+def write_checkpoint(job: SaveJob, dist: DistEnv, process_group: Any = None) -> Path:
+    """Serialize a captured checkpoint, fsync it and rename it into place (rank 0). Under FSDP every rank
+    must call it (``torch.distributed.checkpoint`` is collective: over `process_group`, default the world);
+    otherwise only rank 0 has work. Safe in a background thread."""
+    if job.tensors is not None:
+        job.tensors.wait()
+        if job.sharded:
+            from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+            # Returns on every rank only after rank 0 has written .metadata, i.e. after all shards are written.
+            dcp_save(job.tensors.tree, checkpoint_id=str(job.tmp / "dcp"), process_group=process_group)
+        elif dist.is_main:
+            save_pt(job.tensors.tree["model"], job.tmp / "model.pt")
+            save_pt(job.tensors.tree["optim"], job.tmp / "optimizer.pt")
+    if dist.is_main:
+        for name, text in job.files.items():
+            (job.tmp / name).write_text(text)
+        _fsync_tree(job.tmp)  # every file is on disk before the manifest that vouches for it
+        _write_manifest(job.tmp, job.step, job.val_loss)
+        if job.final.exists():  # left by an attempt that went further before a crash: superseded
+            shutil.rmtree(job.final)
+        _fsync_dir(job.tmp)
+        job.tmp.rename(job.final)
+        _fsync_dir(job.final.parent)
+    return job.final
+
+
+def save_checkpoint(out_dir: str | Path, step: int, *, model: nn.Module, raw: Llama, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict[str, Any], cfg: Any, model_cfg: ModelConfig, dist: DistEnv,
+                    val_loss: float | None = None, run_log: dict[str, Any] | None = None,
+                    stager: HostStager | None = None) -> Path:
+    """Write checkpoint `step` atomically, here and now (collective: every rank must call it). Returns its path.
+
+    `trainer_state` is `trainer.state.TrainState.content_dict()`; `cfg` the run's whole config
+    dataclass (any recipe's), saved beside the weights without its host paths, which go to
+    ``run.json`` with `run_log` (`TrainState.log_dict()`: the wall clock). The loop's
+    `Checkpointer` runs the same two halves, `write_checkpoint` maybe in a background thread.
+    """
+    job = capture_checkpoint(out_dir, step, model=model, raw=raw, optimizer=optimizer, trainer_state=trainer_state,
+                             cfg=cfg, model_cfg=model_cfg, dist=dist, stager=stager or HostStager(dist.device),
+                             val_loss=val_loss, run_log=run_log)
+    final = write_checkpoint(job, dist)
     dist.barrier()
     return final
+
+
+def _fsync_tree(directory: Path) -> None:
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or new entry in `directory` durable (directories cannot be opened for writing)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_manifest(directory: Path, step: int, val_loss: float | None) -> None:

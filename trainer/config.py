@@ -168,6 +168,10 @@ class CheckpointSection:
     """Keep this many newest checkpoints (at least 1: resume needs one)."""
     keep_best: bool = runtime_field(True)
     """Also keep the checkpoint with the lowest validation loss (needs val at checkpoint steps)."""
+    async_save: bool = runtime_field(True)
+    """Write checkpoints in a background thread: the loop waits only for a copy of the state into host
+    memory (and for the previous save, if that is still writing). Runtime-only: the bytes on disk, and
+    so every resume, are the same either way; only when the loop may go on differs."""
     export_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the consolidated weights in ``final/`` (bfloat16 halves the size)."""
 

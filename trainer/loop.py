@@ -52,14 +52,15 @@ from storage.atomic import atomic_write_text
 from trainer.checkpoint import (
     CHECKPOINTS,
     RUN_LOG,
+    capture_checkpoint,
     checkpoint_path,
     find_resume_point,
     full_state_dict,
     load_checkpoint,
     prune_checkpoints,
-    save_checkpoint,
     seed_all,
     step_of,
+    write_checkpoint,
 )
 from trainer.config import CheckpointSection, OptimSection, RunSection, ScheduleSection
 from trainer.data import TokenLoader
@@ -67,7 +68,9 @@ from trainer.lifeline import die_with_parent, hold_run_dir
 from trainer.metrics import MetricsLogger, peak_memory_gb, plot_loss_curve, truncate_after
 from trainer.optim import build_optimizer
 from trainer.parallelize import DistEnv, autocast_context, compute_dtype, init_distributed, register_step_hooks
+from trainer.save_thread import SaveThread
 from trainer.schedule import lr_at
+from trainer.staging import HostStager
 from trainer.state import TrainState
 from trainer.summary import DONE_FILE, TrainSummary
 
@@ -227,12 +230,30 @@ def optimizer_step(model: nn.Module, params: list[nn.Parameter], optimizer: torc
 
 # -- components: each decides from the step whether to act -------------------------------------------
 class Checkpointer:
-    """Saves every `checkpoint.every_steps` (and at the end), prunes, and resumes from the newest valid one."""
+    """Saves every `checkpoint.every_steps` (and at the end), prunes, and resumes from the newest valid one.
+
+    A save copies the state into host buffers (`trainer.staging`) and, with
+    ``checkpoint.async_save``, leaves serializing, fsync, rename and pruning to a
+    background thread (`trainer.save_thread`): the loop waits only for the copy and for
+    the previous save. Under FSDP that thread's ``torch.distributed.checkpoint`` calls
+    are collective, so they get a gloo group of their own, apart from the training
+    collectives. Each finished save becomes a ``"kind": "checkpoint"`` metrics record:
+    ``stall_s`` (how long the loop was blocked), ``save_s`` and ``gb_per_s`` (the whole save).
+    """
 
     def __init__(self, out_dir: Path, cfg: LoopConfig, parts: Parts, optimizer: torch.optim.Optimizer,
                  dist: DistEnv) -> None:
         self.out_dir, self.cfg, self.parts, self.optimizer, self.dist = out_dir, cfg, parts, optimizer, dist
         self.resumed_from: Path | None = None
+        background = cfg.checkpoint.async_save
+        self.stager = HostStager(dist.device)
+        self.thread = SaveThread(background=background)
+        self.group = tdist.new_group(backend="gloo") if background and dist.mode == "fsdp" and dist.initialized \
+            else None
+        # In-place writes to the state wait for its copies in flight (on CUDA the copies overlap the next step).
+        optimizer.register_step_pre_hook(lambda *_: self.stager.guard())
+        self.reserved = not background  # a synchronous save allocates its buffers while the loop waits anyway
+        self.records: list[dict[str, Any]] = []
 
     def resume(self) -> TrainState:
         """The state to continue from: a fresh one, or the newest valid checkpoint's (weights, RNG, loader too)."""
@@ -254,19 +275,76 @@ class Checkpointer:
         """Resumed from the final checkpoint: a rerun of a finished run only exports again."""
         return self.resumed_from is not None and step_of(self.resumed_from) >= self.cfg.run.steps
 
+    def after_step(self) -> list[dict[str, Any]]:
+        """Each step: records of the saves finished since (a failed save raises here). After the first step,
+        when the optimizer state exists, the host buffers are allocated in the background."""
+        if not self.reserved:
+            self.reserved = True
+            tree = self._state_tree()
+            self.thread.submit("host buffers", lambda: self.stager.reserve(tree))
+        return self._take(self.thread.poll())
+
     def save(self, state: TrainState, val_loss: float | None) -> None:
+        start = time.perf_counter()
+        waited = self.thread.wait()  # one save in flight at a time: its buffers are about to be reused
+        self._take(self.thread.poll())
+        began = time.perf_counter()
         state.data = self.parts.loader.state_dict()
-        save_checkpoint(self.out_dir, state.step, model=self.parts.model, raw=self.parts.raw,
-                        optimizer=self.optimizer, trainer_state=state.content_dict(), cfg=self.cfg,
-                        model_cfg=self.parts.model_cfg, dist=self.dist, val_loss=val_loss,
-                        run_log=state.log_dict())
-        self.prune()
+        job = capture_checkpoint(self.out_dir, state.step, model=self.parts.model, raw=self.parts.raw,
+                                 optimizer=self.optimizer, trainer_state=state.content_dict(), cfg=self.cfg,
+                                 model_cfg=self.parts.model_cfg, dist=self.dist, stager=self.stager,
+                                 val_loss=val_loss, run_log=state.log_dict())
+        stall = time.perf_counter() - start
+
+        def write() -> dict[str, Any]:
+            write_checkpoint(job, self.dist, self.group)
+            saved = time.perf_counter() - began
+            self.prune()
+            background = self.cfg.checkpoint.async_save  # else this runs inside save(): all of it is stall
+            gb = job.tensors.nbytes / 1e9 if job.tensors else 0.0
+            return {"kind": "checkpoint", "step": job.step, "async": background,
+                    "stall_s": stall if background else time.perf_counter() - start, "waited_s": waited,
+                    "copy_s": job.tensors.ready_at - began if job.tensors else 0.0, "save_s": saved,
+                    "gb": gb, "gb_per_s": gb / saved}
+
+        self.thread.submit(job.final.name, write)
+
+    def wait(self) -> list[dict[str, Any]]:
+        """Until the save in flight is written and pruned (raising its error); the records finished since."""
+        self.thread.wait()
+        return self._take(self.thread.poll())
+
+    def close(self) -> None:
+        """On the way out of a failed or stopped run: let the save in flight finish, log its error if any."""
+        self.thread.close()
 
     def prune(self) -> None:
         """Keep the newest `keep_last` (and the best): after every save, and once more at the end, so a
         run killed between its last save and that save's pruning keeps the same checkpoints as one never killed."""
         if self.dist.is_main:
             prune_checkpoints(self.out_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best)
+
+    def summary(self) -> dict[str, Any]:
+        """`TrainSummary`'s checkpoint figures over this session's saves (None without any)."""
+        stalls = [r["stall_s"] for r in self.records]
+        rates = [r["gb_per_s"] for r in self.records if r["gb"] > 0]
+        return {"checkpoint_stall_s_max": round(max(stalls), 4) if stalls else None,
+                "checkpoint_stall_s_mean": round(sum(stalls) / len(stalls), 4) if stalls else None,
+                "checkpoint_gb_per_s": round(sum(rates) / len(rates), 4) if rates else None}
+
+    def _state_tree(self) -> Any:
+        """What `capture_checkpoint` will stage on this rank (references only: nothing is copied here)."""
+        if self.dist.mode == "fsdp":
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_sd, optim_sd = get_state_dict(self.parts.model, self.optimizer)
+            return {"model": model_sd, "optim": optim_sd}
+        return {"model": self.parts.raw.state_dict(), "optim": self.optimizer.state_dict()} if self.dist.is_main \
+            else {}
+
+    def _take(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.records += records
+        return records
 
 
 class Validator:
@@ -365,29 +443,41 @@ class Trainer:
                                       and dist.device.type == "cuda")
         session_start, elapsed_before = time.perf_counter(), state.elapsed_s
         self.parts.model.train()
-        while state.step < cfg.run.steps:
-            lr = lr_at(state.step, cfg.schedule, cfg.optim, cfg.run.steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            stats, grad_norm, positions = optimizer_step(
-                self.parts.model, self.params, self.optimizer, scaler, self.parts.loader, self.recipe.step,
-                accum=self.accum, dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
-            state.step += 1
-            state.tokens_seen += positions
-            state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if self.logger.due(state.step):
-                self.logger(state, stats, grad_norm, lr)
-            val_loss = self.validator(state) if self.validator.due(state.step) else None
-            if self.checkpointer.due(state.step):
-                self.checkpointer.save(state, val_loss)
-            if stop_after and state.step == stop_after:
-                raise StopRequested(f"after step {state.step} because {STOP_ENV}={stop_after}")
-        self.parts.loader.close()
-        if not self.checkpointer.finished_before():
-            self.checkpointer.save(state, self.validator(state))
-        else:
-            self.checkpointer.prune()
+        try:
+            while state.step < cfg.run.steps:
+                lr = lr_at(state.step, cfg.schedule, cfg.optim, cfg.run.steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                stats, grad_norm, positions = optimizer_step(
+                    self.parts.model, self.params, self.optimizer, scaler, self.parts.loader, self.recipe.step,
+                    accum=self.accum, dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
+                state.step += 1
+                state.tokens_seen += positions
+                state.elapsed_s = elapsed_before + time.perf_counter() - session_start
+                self.log_checkpoints(self.checkpointer.after_step())  # a failed background save raises here
+                if self.logger.due(state.step):
+                    self.logger(state, stats, grad_norm, lr)
+                val_loss = self.validator(state) if self.validator.due(state.step) else None
+                if self.checkpointer.due(state.step):
+                    self.checkpointer.save(state, val_loss)
+                if stop_after and state.step == stop_after:
+                    raise StopRequested(f"after step {state.step} because {STOP_ENV}={stop_after}")
+            self.parts.loader.close()
+            if not self.checkpointer.finished_before():
+                self.checkpointer.save(state, self.validator(state))
+            self.log_checkpoints(self.checkpointer.wait())  # the final checkpoint is on disk before the export
+            if self.checkpointer.finished_before():
+                self.checkpointer.prune()
+        finally:
+            self.checkpointer.close()  # a stopped or failed run still finishes the checkpoint it was writing
         return self.finish()
+
+    def log_checkpoints(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.metrics.log(record)
+            log.info("checkpoint step %d: loop waited %.3fs; saved %.2f GB in %.2fs (%.2f GB/s)%s", record["step"],
+                     record["stall_s"], record["gb"], record["save_s"], record["gb_per_s"],
+                     " in the background" if record["async"] else "")
 
     def finish(self) -> TrainSummary:
         """Export consolidated weights, plot the loss curve and write DONE.json (rank 0) last."""
@@ -401,7 +491,7 @@ class Trainer:
             params=n_total, trainable_params=n_trainable, world_size=self.dist.world_size,
             precision=self.cfg.run.precision,
             checkpoint=str(checkpoint_path(out_dir, state.step).relative_to(out_dir)),
-            **self.recipe.summary_fields())
+            **self.checkpointer.summary(), **self.recipe.summary_fields())
         if self.dist.is_main:
             self.recipe.export(weights, out_dir, state)
             plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png")

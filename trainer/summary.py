@@ -58,6 +58,12 @@ class TrainSummary:
     """Adapter rank of a LoRA run; 0 = full training."""
     adapter_dir: str | None = None
     """The adapters alone (LoRA runs), relative to the run directory."""
+    checkpoint_stall_s_max: float | None = None
+    """Longest time the loop was blocked by one checkpoint save in the last session (None: no save)."""
+    checkpoint_stall_s_mean: float | None = None
+    """Mean of those stalls (each save's is a ``"kind": "checkpoint"`` line of metrics.jsonl)."""
+    checkpoint_gb_per_s: float | None = None
+    """Mean rate of the whole saves (copy, serialize, fsync, rename) of the last session, per rank."""
 
     def write(self, out_dir: str | Path) -> Path:
         path = Path(out_dir) / DONE_FILE
