@@ -315,8 +315,10 @@ class Checkpointer:
         return self._take(self.thread.poll())
 
     def close(self) -> None:
-        """On the way out of a failed or stopped run: let the save in flight finish, log its error if any."""
+        """At the end of `Trainer.train`, however it ends: let the save in flight finish (only logging its error
+        when another is on its way out), then release the host buffers."""
         self.thread.close()
+        self.stager.close()
 
     def prune(self) -> None:
         """Keep the newest `keep_last` (and the best): after every save, and once more at the end, so a

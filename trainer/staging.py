@@ -140,7 +140,9 @@ class HostStager:
             start = time.perf_counter()
             buffer = torch.empty(size, dtype=torch.uint8)
             if self.cuda and size:
-                self._pin(buffer)
+                self._pin(buffer)  # page-locking faults every page in
+            else:
+                buffer.zero_()  # fault the pages in now, not during the first copy
             self._buffers[path] = buffer
             if time.perf_counter() - start > 0.5:
                 log.info("checkpoint staging: a %.2f GB host buffer took %.1fs to allocate (once per run)",

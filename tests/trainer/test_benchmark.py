@@ -75,3 +75,20 @@ def test_cuda_compile_and_bf16(bench, tmp_path):
                          "--vocab-sizes", "none", "--out", str(tmp_path / "gpu.json")])
     assert [r["compile"] for r in report["results"]] == [False, True]
     assert all(r["peak_mem_gb"] > 0 for r in report["results"])
+
+
+def test_checkpoint_stall_benchmark_cpu_smoke(tmp_path):
+    """benchmarks/checkpoint_stall.py on the debug preset: one row per mode, a verified resume, JSON written."""
+    spec = importlib.util.spec_from_file_location("checkpoint_stall", SCRIPT.with_name("checkpoint_stall.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "stall.json"
+    report = module.main(["--device", "cpu", "--preset", "debug", "--save-at", "4", "--steps-after", "2",
+                          "--work-dir", str(tmp_path), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert [r["mode"] for r in report["rows"]] == ["async", "sync"]
+    for row in report["rows"]:
+        assert row["gb"] > 0 and 0 < row["copy_s"] <= row["save_s"] and row["resume_loss_rel_diff"] == 0.0
+    assert report["checkpoint_stall_s"] == max(report["rows"][0]["stall_s"], report["rows"][0]["loop_stall_s"])
+    assert list(tmp_path.iterdir()) == [out]  # the checkpoints and tokens are removed

@@ -34,9 +34,12 @@ def test_loss_decreases(straight_run):
     assert val[-1]["val_loss"] < val[0]["val_loss"]
 
 
-def test_stop_and_resume_reproduces_the_loss_curve_bitwise(pattern_data, straight_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("async_save", ["true", "false"])
+def test_stop_and_resume_reproduces_the_loss_curve_bitwise(pattern_data, straight_run, tmp_path, monkeypatch,
+                                                          async_save):
+    """The straight run saved in the background (the default); resuming from either kind of save is exact."""
     monkeypatch.setenv(STOP_ENV, "12")
-    assert main(train_args(pattern_data, tmp_path)) == EXIT_STOPPED
+    assert main(train_args(pattern_data, tmp_path, f"checkpoint.async_save={async_save}")) == EXIT_STOPPED
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000005", "step-00000010"]
     assert len(train_losses(tmp_path)) == 12  # steps 11-12 were logged, then "killed"
     monkeypatch.delenv(STOP_ENV)
@@ -61,6 +64,28 @@ def test_two_runs_of_one_config_write_identical_content(pattern_data, straight_r
     run_log = json.loads((tmp_path / "checkpoints" / "step-00000020" / "run.json").read_text())
     assert run_log["paths"]["run.out_dir"] == str(tmp_path) and run_log["elapsed_s"] > 0
     assert str(tmp_path) not in (tmp_path / "checkpoints" / "step-00000020" / "config.json").read_text()
+
+
+def test_background_and_synchronous_saves_write_the_same_bytes(pattern_data, straight_run, tmp_path):
+    """checkpoint.async_save is runtime-only: the same weights, optimizer, RNG and trainer state, byte for byte
+    (the straight run saved in the background). config.json, the run's whole config, differs in that key alone."""
+    assert main(train_args(pattern_data, tmp_path, "checkpoint.async_save=false")) == 0
+    ours, theirs = content_digests(tmp_path), content_digests(straight_run)
+    assert ours.keys() == theirs.keys()
+    differ = {k for k in ours if ours[k] != theirs[k]}
+    assert differ == {f"checkpoints/step-000000{s}/{f}" for s in (15, 20) for f in ("config.json", "manifest.json")}
+    for step in (15, 20):
+        sync, background = (json.loads((checkpoint_path(run, step) / "config.json").read_text())["train"]
+                            for run in (tmp_path, straight_run))
+        assert sync["checkpoint"].pop("async_save") is False and background["checkpoint"].pop("async_save") is True
+        assert sync == background
+        sync_files, background_files = (json.loads((checkpoint_path(run, step) / "manifest.json").read_text())["files"]
+                                        for run in (tmp_path, straight_run))
+        assert sync_files.pop("config.json") != background_files.pop("config.json")
+        assert sync_files == background_files  # model.pt, optimizer.pt, rng-rank00000.pt, trainer_state.json
+    ours, theirs = (read_metrics(run / "metrics.jsonl", "checkpoint") for run in (tmp_path, straight_run))
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == [5, 10, 15, 20]
+    assert {r["async"] for r in ours} == {False} and {r["async"] for r in theirs} == {True}
 
 
 def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(pattern_data, straight_run, tmp_path,
@@ -113,6 +138,12 @@ def test_outputs_metrics_png_export_and_done(straight_run):
     assert done["steps"] == 20 and done["final_loss"] == train[-1]["loss"]
     assert done["val_loss"] == val[-1]["val_loss"] and done["tokens_seen"] == train[-1]["tokens_seen"]
     assert done["checkpoint"] == "checkpoints/step-00000020"
+    saves = read_metrics(straight_run / "metrics.jsonl", "checkpoint")  # one line per save, once it is on disk
+    assert [r["step"] for r in saves] == [5, 10, 15, 20]
+    assert all(r["stall_s"] > 0 and 0 < r["copy_s"] <= r["save_s"] and r["gb"] > 0 for r in saves)
+    assert all(r["gb_per_s"] == pytest.approx(r["gb"] / r["save_s"]) for r in saves)
+    assert done["checkpoint_stall_s_max"] == round(max(r["stall_s"] for r in saves), 4)
+    assert 0 < done["checkpoint_stall_s_mean"] <= done["checkpoint_stall_s_max"] and done["checkpoint_gb_per_s"] > 0
     # keep_last=2 plus the best by val loss (the last one here, so just two remain).
     assert [p.name for p in list_checkpoints(straight_run)] == ["step-00000015", "step-00000020"]
     model, cfg = load_final(straight_run / "final")
