@@ -7,7 +7,8 @@
 # practical peak), `kiln:PRESET:BATCH[:EXTRA ARGS]` (benchmarks/train_throughput.py),
 # `tt:SHAPE:BATCH:compile|no-compile[:EXTRA ARGS]` (torchtitan 0.2.2 via
 # benchmarks/baselines/torchtitan_runner.py; EXTRA e.g. `--float8 rowwise --activation-checkpoint
-# selective --seq-len 4096`), `lit:SHAPE:BATCH:compile|no-compile[:EXTRA]` (LitGPT). Wheels in .whl/
+# selective --seq-len 4096`), `lit:SHAPE:BATCH:compile|no-compile[:EXTRA]` (LitGPT),
+# `ckpt:PRESET:BATCH[:EXTRA ARGS]` (benchmarks/checkpoint_stall.py: checkpoint stall, save GB/s). Wheels in .whl/
 # (carried) are installed first. Each job's JSON is written as it finishes; at the end they are
 # merged into $OUT/results.json, summarized into $OUT/gpu_frontier.json (benchmarks/gpu_frontier.py)
 # and the logs joined into $OUT/logs.txt (the device tool returns at most 8 files).
@@ -52,6 +53,11 @@ for job in "$@"; do
         --shape "$a" --batch-size "$b" "--$c" ${d:-} --steps 20 --warmup 8 --seq-len 2048 \
         --out "$WORK/lit_${a}_${b}_${c}.json" > "$WORK/lit_${a}_${b}_${c}.log" 2>&1
       echo "rc=$?"; grep -E "Error|error" "$WORK/lit_${a}_${b}_${c}.log" | tail -n 3; tail -n 2 "$WORK/lit_${a}_${b}_${c}.log" ;;
+    ckpt)
+      # shellcheck disable=SC2086  # $c holds extra flags (e.g. --compile --modes async)
+      timeout "${TMO:-540}" python3 benchmarks/checkpoint_stall.py --preset "$a" --micro-batch-size "$b" ${c:-} \
+        --out "$WORK/ckpt_${a}_${b}.json" > "$WORK/ckpt_${a}_${b}.log" 2>&1
+      echo "rc=$?"; grep -E "^\{|Error" "$WORK/ckpt_${a}_${b}.log" | tail -n 4 ;;
     *) echo "unknown job $job" ;;
   esac
   # the summary so far, so that a batch cut off by the time limit still leaves it

@@ -122,10 +122,10 @@ class HostStager:
         key = ("storage", src.device, src.data_ptr())  # apart from the id()s of containers in the same memo
         if key not in memo:  # the first tensor on this storage (later ones are views of it)
             host = self._buffer(path, src.nbytes())
-            buffer = host.untyped_storage()
             if copy:  # asynchronous only into page-locked memory (into pageable memory CUDA copies block anyway)
-                buffer.copy_(src, non_blocking=src.device.type == "cuda" and host.is_pinned())
-            memo[key] = buffer
+                src_bytes = torch.empty(0, dtype=torch.uint8, device=src.device).set_(src)
+                host.copy_(src_bytes, non_blocking=src.device.type == "cuda" and host.is_pinned())
+            memo[key] = host.untyped_storage()
             nbytes[0] += src.nbytes()
         view = torch.empty(0, dtype=t.dtype)
         view.set_(memo[key], t.storage_offset(), t.size(), t.stride())
@@ -154,7 +154,7 @@ class HostStager:
         block up to a power of two, up to twice a large model's state in host memory."""
         if self._pin_failed:
             return
-        err = _cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0)
+        err = _cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel(), 1)  # 1: cudaHostRegisterPortable
         if int(err) != 0:  # e.g. more than the host can lock: copies still work, only synchronously
             self._pin_failed = True
             log.warning("checkpoint staging: cannot page-lock host buffers (cudaHostRegister error %s); the "
