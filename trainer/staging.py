@@ -16,8 +16,9 @@ overlap compute, and the state they read is exactly the state at the save step.
 Each tensor's whole storage is copied and the copy viewed with the same offset, size
 and stride, and tensors sharing a storage (a tied embedding and output head) share
 the copy: ``torch.save`` writes storages, so the bytes on disk are exactly those of
-saving the live tensors. A DTensor (FSDP's shards) is staged as its local shard,
-rewrapped with the same spec, which is all `torch.distributed.checkpoint` reads.
+saving the live tensors. A tensor subclass that wraps others (a DTensor: FSDP's shards)
+is staged through its inner tensors and rebuilt with `__tensor_unflatten__`, as
+torch.compile does: same spec and mesh, all that `torch.distributed.checkpoint` reads.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 log = logging.getLogger("trainer")
 
@@ -92,11 +94,14 @@ class HostStager:
     def _walk(self, obj: Any, path: tuple[Any, ...], memo: dict[Any, Any], nbytes: list[int], *, copy: bool) -> Any:
         """`obj` with every tensor replaced by its staged copy. An object reached twice (the `betas` tuple that
         param groups share) is copied once, so pickle writes the same references, hence the same bytes."""
-        from torch.distributed.tensor import DTensor
-
-        if isinstance(obj, DTensor):
-            local = self._tensor(obj._local_tensor, path, memo, nbytes, copy=copy)
-            return DTensor(local, obj._spec, requires_grad=False)
+        if isinstance(obj, torch.Tensor) and is_traceable_wrapper_subclass(obj):
+            # DTensor (FSDP's shards), torchao's float8 weights: stage the tensors inside, rewrap the same way.
+            if id(obj) in memo:
+                return memo[id(obj)]
+            names, context = obj.__tensor_flatten__()  # type: ignore[attr-defined]
+            inner = {n: self._walk(getattr(obj, n), (*path, n), memo, nbytes, copy=copy) for n in names}
+            memo[id(obj)] = type(obj).__tensor_unflatten__(inner, context, obj.size(), obj.stride())  # type: ignore
+            return memo[id(obj)]
         if isinstance(obj, torch.Tensor):
             return self._tensor(obj, path, memo, nbytes, copy=copy)
         if not isinstance(obj, (dict, list, tuple)):
