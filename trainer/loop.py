@@ -314,11 +314,13 @@ class Checkpointer:
         self.thread.wait()
         return self._take(self.thread.poll())
 
-    def close(self) -> None:
+    def close(self) -> list[dict[str, Any]]:
         """At the end of `Trainer.train`, however it ends: let the save in flight finish (only logging its error
-        when another is on its way out), then release the host buffers."""
+        when another is on its way out), then release the host buffers; the records finished since the last poll
+        (a run stopped while a save was being written still records it)."""
         self.thread.close()
         self.stager.close()
+        return self._take(self.thread.poll())
 
     def prune(self) -> None:
         """Keep the newest `keep_last` (and the best): after every save, and once more at the end, so a
@@ -471,7 +473,8 @@ class Trainer:
             if self.checkpointer.finished_before():
                 self.checkpointer.prune()
         finally:
-            self.checkpointer.close()  # a stopped or failed run still finishes the checkpoint it was writing
+            # a stopped or failed run still finishes (and records) the checkpoint it was writing
+            self.log_checkpoints(self.checkpointer.close())
         return self.finish()
 
     def log_checkpoints(self, records: list[dict[str, Any]]) -> None:
