@@ -34,7 +34,7 @@ from typing import Any
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 spec
 ROW_KEYS = ("system", "shape", "precision", "micro_batch", "seq_len", "tokens_per_s", "mfu", "peak_mem_gb")
 PAIR_KEYS = ("tied", "compile", "fused_loss", "activation_checkpointing", "vocab_size")
-SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "8b": "8b", "debug": "debug", "tiny": "tiny"}
+SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "llama3.1-8b": "8b", "8b": "8b", "debug": "debug", "tiny": "tiny"}
 VOCAB = {"125m": 32000, "1b": 128256, "8b": 128256}
 KILN_TIED = {"1b"}  # Kiln presets with a tied head, for reports written before rows recorded it
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise")
@@ -64,7 +64,7 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
         "micro_batch": d.get("micro_batch", d.get("micro_batch_size", d.get("batch_size"))),
         "seq_len": d.get("seq_len"), "tokens_per_s": d.get("tokens_per_s"), "mfu": d.get("mfu"),
         "peak_mem_gb": d.get("peak_mem_gb"), "tied": tied, "compile": d.get("compile"),
-        "fused_loss": bool(d.get("fused_loss", False)),
+        "fused_loss": bool(d.get("fused_loss", False)), "fp8_filter": d.get("fp8_filter"),
         "activation_checkpointing": "none" if ac in (None, False, "none") else ("full" if ac is True else ac),
         "vocab_size": d.get("vocab_size", VOCAB.get(shape)), "device": d.get("device"), "torch": d.get("torch"),
     }
@@ -138,6 +138,7 @@ def _best_ratio_per_seq(num: list[dict[str, Any]], den: list[dict[str, Any]]) ->
 def _label(r: dict[str, Any]) -> str:
     extra = [f"ac={r['activation_checkpointing']}"] if r["activation_checkpointing"] != "none" else []
     extra += ["fused-loss"] if r["fused_loss"] else []
+    extra += [f"fp8-filter={r['fp8_filter']}"] if r.get("fp8_filter") not in (None, "auto") else []
     extra += ["tied"] if r["tied"] else []
     return " ".join([r["system"], r["shape"], r["precision"], f"mb{r['micro_batch']}", f"T{r['seq_len']}", *extra])
 
