@@ -34,7 +34,8 @@ from typing import Any
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 spec
 ROW_KEYS = ("system", "shape", "precision", "micro_batch", "seq_len", "tokens_per_s", "mfu", "peak_mem_gb")
 PAIR_KEYS = ("tied", "compile", "fused_loss", "activation_checkpointing", "vocab_size")
-SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "llama3.1-8b": "8b", "8b": "8b", "debug": "debug", "tiny": "tiny"}
+SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "llama3.1-8b": "8b", "8b": "8b", "debug": "debug",
+            "tiny": "tiny"}
 VOCAB = {"125m": 32000, "1b": 128256, "8b": 128256}
 KILN_TIED = {"1b"}  # Kiln presets with a tied head, for reports written before rows recorded it
 PRECISIONS = ("bf16", "fp8-tensorwise", "fp8-rowwise")
