@@ -242,8 +242,10 @@ class Checkpointer:
     """
 
     def __init__(self, out_dir: Path, cfg: LoopConfig, parts: Parts, optimizer: torch.optim.Optimizer,
-                 dist: DistEnv) -> None:
+                 dist: DistEnv, on_record: Callable[[dict[str, Any]], None]) -> None:
         self.out_dir, self.cfg, self.parts, self.optimizer, self.dist = out_dir, cfg, parts, optimizer, dist
+        self.on_record = on_record
+        """Called with every finished save's record, whichever call noticed it finished (so none goes unlogged)."""
         self.resumed_from: Path | None = None
         background = cfg.checkpoint.async_save
         self.stager = HostStager(dist.device)
@@ -275,14 +277,14 @@ class Checkpointer:
         """Resumed from the final checkpoint: a rerun of a finished run only exports again."""
         return self.resumed_from is not None and step_of(self.resumed_from) >= self.cfg.run.steps
 
-    def after_step(self) -> list[dict[str, Any]]:
-        """Each step: records of the saves finished since (a failed save raises here). After the first step,
+    def after_step(self) -> None:
+        """Each step: record the saves finished since (a failed save raises here). After the first step,
         when the optimizer state exists, the host buffers are allocated in the background."""
         if not self.reserved:
             self.reserved = True
             tree = self._state_tree()
             self.thread.submit("host buffers", lambda: self.stager.reserve(tree))
-        return self._take(self.thread.poll())
+        self._take(self.thread.poll())
 
     def save(self, state: TrainState, val_loss: float | None) -> None:
         start = time.perf_counter()
@@ -309,18 +311,18 @@ class Checkpointer:
 
         self.thread.submit(job.final.name, write)
 
-    def wait(self) -> list[dict[str, Any]]:
-        """Until the save in flight is written and pruned (raising its error); the records finished since."""
+    def wait(self) -> None:
+        """Until the save in flight is written and pruned (raising its error), and recorded."""
         self.thread.wait()
-        return self._take(self.thread.poll())
+        self._take(self.thread.poll())
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> None:
         """At the end of `Trainer.train`, however it ends: let the save in flight finish (only logging its error
-        when another is on its way out), then release the host buffers; the records finished since the last poll
-        (a run stopped while a save was being written still records it)."""
+        when another is on its way out), record it (a run stopped while a save was being written still records
+        it), then release the host buffers."""
         self.thread.close()
         self.stager.close()
-        return self._take(self.thread.poll())
+        self._take(self.thread.poll())
 
     def prune(self) -> None:
         """Keep the newest `keep_last` (and the best): after every save, and once more at the end, so a
@@ -346,9 +348,11 @@ class Checkpointer:
         return {"model": self.parts.raw.state_dict(), "optim": self.optimizer.state_dict()} if self.dist.is_main \
             else {}
 
-    def _take(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        self.records += records
-        return records
+    def _take(self, records: list[dict[str, Any]]) -> None:
+        """Every finished save's record passes here, from whichever call polled it: kept and handed on."""
+        for record in records:
+            self.records.append(record)
+            self.on_record(record)
 
 
 class Validator:
@@ -425,10 +429,12 @@ class Trainer:
         register_step_hooks(self.parts.model, self.optimizer, cfg.run, dist)
         self.params = trainable(self.parts.raw)
         n_trainable, n_total = trainable_parameters(self.parts.raw)
-        log.info("%s: %.2fM params, %.2fM trainable | %d rank(s), parallel=%s, %s (%s) on %s%s", recipe.kind,
-                 n_total / 1e6, n_trainable / 1e6, dist.world_size, dist.mode, compute_dtype(dist, cfg.run),
-                 cfg.run.precision, dist.device, ", fused loss" if cfg.run.fused_loss else "")
-        self.checkpointer = Checkpointer(self.out_dir, cfg, self.parts, self.optimizer, dist)
+        log.info("%s: %.2fM params, %.2fM trainable | %d rank(s), parallel=%s, %s (%s) on %s, %s weights%s",
+                 recipe.kind, n_total / 1e6, n_trainable / 1e6, dist.world_size, dist.mode,
+                 compute_dtype(dist, cfg.run), cfg.run.precision, dist.device, cfg.run.param_dtype,
+                 ", fused loss" if cfg.run.fused_loss else "")
+        self.checkpointer = Checkpointer(self.out_dir, cfg, self.parts, self.optimizer, dist,
+                                         on_record=self.log_checkpoint)
         self.state = self.checkpointer.resume()
         recipe.start(self.parts, self.out_dir, resumed=self.checkpointer.resumed_from is not None)
         if dist.is_main:
@@ -458,7 +464,7 @@ class Trainer:
                 state.step += 1
                 state.tokens_seen += positions
                 state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-                self.log_checkpoints(self.checkpointer.after_step())  # a failed background save raises here
+                self.checkpointer.after_step()  # a failed background save raises here
                 if self.logger.due(state.step):
                     self.logger(state, stats, grad_norm, lr)
                 val_loss = self.validator(state) if self.validator.due(state.step) else None
@@ -469,20 +475,20 @@ class Trainer:
             self.parts.loader.close()
             if not self.checkpointer.finished_before():
                 self.checkpointer.save(state, self.validator(state))
-            self.log_checkpoints(self.checkpointer.wait())  # the final checkpoint is on disk before the export
+            self.checkpointer.wait()  # the final checkpoint is on disk before the export
             if self.checkpointer.finished_before():
                 self.checkpointer.prune()
         finally:
             # a stopped or failed run still finishes (and records) the checkpoint it was writing
-            self.log_checkpoints(self.checkpointer.close())
+            self.checkpointer.close()
         return self.finish()
 
-    def log_checkpoints(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self.metrics.log(record)
-            log.info("checkpoint step %d: loop waited %.3fs; saved %.2f GB in %.2fs (%.2f GB/s)%s", record["step"],
-                     record["stall_s"], record["gb"], record["save_s"], record["gb_per_s"],
-                     " in the background" if record["async"] else "")
+    def log_checkpoint(self, record: dict[str, Any]) -> None:
+        """A finished save: a metrics record and a log line (saves finish only once training has begun)."""
+        self.metrics.log(record)
+        log.info("checkpoint step %d: loop waited %.3fs; saved %.2f GB in %.2fs (%.2f GB/s)%s", record["step"],
+                 record["stall_s"], record["gb"], record["save_s"], record["gb_per_s"],
+                 " in the background" if record["async"] else "")
 
     def finish(self) -> TrainSummary:
         """Export consolidated weights, plot the loss curve and write DONE.json (rank 0) last."""

@@ -187,3 +187,21 @@ def test_the_loop_waits_for_far_less_than_the_save(pattern_data, tmp_path):
     done = TrainSummary.read(tmp_path)
     assert done.checkpoint_stall_s_max == round(max(r["stall_s"] for r in saves), 4)
     assert json.loads((tmp_path / "DONE.json").read_text())["checkpoint_gb_per_s"] > 0
+
+
+def test_every_save_is_recorded_whichever_call_sees_it_finish(pattern_data, tmp_path, monkeypatch):
+    """Saves slower than a step, one every step: each finishes while the next save waits for it, not when a
+    step polls. Each must still be one ``checkpoint`` metrics record (the save path once dropped them)."""
+    real = checkpoint.save_pt
+
+    def slow(obj, path):
+        if Path(path).name == "model.pt":
+            time.sleep(0.3)
+        real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save_pt", slow)
+    assert main(train_args(pattern_data, tmp_path, "run.steps=6", "checkpoint.every_steps=1",
+                           "run.val_every=3")) == 0
+    saves = read_metrics(tmp_path / "metrics.jsonl", "checkpoint")
+    assert [r["step"] for r in saves] == [1, 2, 3, 4, 5, 6]
+    assert all(r["async"] and r["save_s"] >= 0.3 for r in saves)
