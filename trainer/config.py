@@ -193,6 +193,12 @@ class RunSection:
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
     """Compute dtype on CUDA (autocast, or FSDP's param dtype; master weights stay fp32).
     CPU always computes in float32: CPU autocast is slow and fp32 keeps resume bitwise exact."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype the weights (and so their gradients) are kept and updated in. float32: fp32 master weights,
+    16 bytes per parameter with AdamW. bfloat16: bf16 weights and gradients with fp32 AdamW moments
+    and stochastically rounded updates (`trainer.optim.StochasticRoundingAdamW`), 12 bytes per
+    parameter -- an 8B model's training state is 96 GB instead of 128, leaving room on one 141 GB GPU
+    for activations instead of recomputing them. Not a runtime field: the weights learned differ."""
     precision: Literal["bf16", "fp8-tensorwise", "fp8-rowwise"] = "bf16"
     """Matmul precision of the transformer blocks' linears. bf16: every matmul in `run.dtype`.
     fp8-*: torchao float8 training (`trainer.float8`) for the block linears that gain from it,
@@ -221,6 +227,10 @@ class RunSection:
     fsdp also works in one process (a 1-rank group): bf16 params once per step instead of autocast."""
     activation_checkpointing: bool = runtime_field(False)
     """Recompute each block's activations in backward: ~1/3 more compute, far less memory."""
+    ac_every: int = runtime_field(1)
+    """With activation_checkpointing: recompute only every this many-th block (1 = all; 2 = every
+    second, half the recompute for half the memory saved; torchtitan's selective per-layer mode).
+    Pick the largest value whose activations still fit."""
     log_every: int = runtime_field(10)
     """Steps between metrics lines (each costs a device sync)."""
     val_every: int = 500
@@ -240,6 +250,7 @@ class RunSection:
         for name in ("val_every", "val_batches"):
             _check(getattr(self, name) >= 0, f"run.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.peak_tflops > 0, "run.peak_tflops", f"must be > 0, got {self.peak_tflops}")
+        _check(self.ac_every >= 1, "run.ac_every", f"must be >= 1, got {self.ac_every}")
         _check(self.fused_loss_chunk >= 0, "run.fused_loss_chunk",
                f"must be >= 0 (0 = auto), got {self.fused_loss_chunk}")
         _check(self.precision == "bf16" or self.dtype == "bfloat16", "run.precision",

@@ -6,7 +6,7 @@ The model (`model.Llama`) knows nothing of any of this (torchtitan's split):
     model, raw = build_model(model_cfg, cfg.run, dist)  # meta build -> parallelize -> init
     with autocast_context(dist, cfg.run): loss = model(x, y)[1]
 
-`parallelize` applies, in torchtitan's order, FP8 conversion of the block linears
+`parallelize` applies, in torchtitan's order, the weights' dtype (run.param_dtype), FP8 conversion of the block linears
 (`trainer.float8`, when run.precision asks) -> activation checkpointing per block ->
 `torch.compile` per block -> FSDP2 `fully_shard` per block and at the root (params in
 bf16 for compute, gradients reduced in fp32). DDP instead wraps a materialized model.
@@ -153,13 +153,27 @@ def register_step_hooks(model: nn.Module, optimizer: torch.optim.Optimizer, run:
         optimizer.register_step_post_hook(lambda *_: float8.precompute_fsdp_scales(model))
 
 
-def apply_activation_checkpointing(model: Llama) -> None:
-    """Wrap each block so its activations are recomputed in backward (state-dict keys unchanged)."""
+def apply_activation_checkpointing(model: Llama, every: int = 1) -> None:
+    """Wrap every `every`-th block (from the first) so its activations are recomputed in backward
+    (state-dict keys unchanged); the others keep theirs."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
     for i, block in enumerate(model.layers):
-        # preserve_rng_state=False: the blocks use no randomness, and saving RNG state costs a sync.
-        model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+        if i % every == 0:
+            # preserve_rng_state=False: the blocks use no randomness, and saving RNG state costs a sync.
+            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_param_dtype(model: nn.Module, run: RunSection) -> None:
+    """Cast the weights to run.param_dtype (bf16 weights: `trainer.optim.StochasticRoundingAdamW`).
+
+    Parameters only: the RoPE tables stay fp32 whether this runs before or after `init_weights`."""
+    if run.param_dtype == "float32":
+        return
+    dtype = DTYPES[run.param_dtype]
+    with torch.no_grad():
+        for param in model.parameters():  # a tied head is one Parameter with the embedding: cast once
+            param.data = param.data.to(dtype)
 
 
 def apply_compile(model: Llama) -> None:
@@ -191,9 +205,10 @@ def parallelize(model: Llama, run: RunSection, dist: DistEnv) -> nn.Module:
     FSDP works on a meta-device model (materialize afterwards with `to_empty` +
     `init_weights`); DDP needs a materialized one. `build_model` does both right.
     """
+    apply_param_dtype(model, run)
     apply_loss_and_precision(model, run, dist)
     if run.activation_checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, run.ac_every)
     if run.compile:
         apply_compile(model)
     if dist.mode == "fsdp":

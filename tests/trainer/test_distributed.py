@@ -103,3 +103,22 @@ def test_fsdp_checkpoint_resumes_on_a_different_number_of_processes(pattern_data
     assert "resumed from" in second.stdout and "step-00000002" in second.stdout
     losses = train_losses(tmp_path)
     assert len(losses) == 4 and losses[2] == pytest.approx(step3_on_two, rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:DTensor random operators")
+def test_bf16_weights_learn_and_resume_exactly_under_fsdp(pattern_data, tmp_path, monkeypatch):
+    """run.param_dtype=bfloat16: bf16 shards, fp32 moments (StochasticRoundingAdamW), learns like fp32
+    weights; a stopped run resumes to the same losses bit for bit (the rounding noise is a hash, not a draw)."""
+    common = short("run.parallel=fsdp", "run.steps=6", "run.param_dtype=bfloat16")
+    assert main(train_args(pattern_data, tmp_path / "straight", *common)) == 0
+    assert main(train_args(pattern_data, tmp_path / "fp32", *short("run.parallel=fsdp", "run.steps=6"))) == 0
+    bf16, fp32 = train_losses(tmp_path / "straight"), train_losses(tmp_path / "fp32")
+    assert bf16[-1] < bf16[0] - 0.1 and bf16 == pytest.approx(fp32, rel=2e-2)
+    monkeypatch.setenv(STOP_ENV, "3")
+    main(train_args(pattern_data, tmp_path / "resumed", *common))
+    monkeypatch.delenv(STOP_ENV)
+    assert main(train_args(pattern_data, tmp_path / "resumed", *common)) == 0
+    assert train_losses(tmp_path / "resumed") == bf16
+    model, _ = load_final(tmp_path / "straight" / "final")
+    assert model.tok_embeddings.weight.dtype == torch.float32  # exported at checkpoint.export_dtype
+

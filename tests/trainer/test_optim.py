@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model import Llama, get_preset
+from trainer import optim
 from trainer.config import OptimSection
 from trainer.optim import build_optimizer, param_groups
 
@@ -37,3 +39,107 @@ def test_optimizer_settings_and_no_fused_on_cpu():
     assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6
     assert not opt.defaults["fused"]
     assert "names" not in opt.param_groups[0]
+
+
+# -- bf16 weights: StochasticRoundingAdamW ---------------------------------------------------------
+def _bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bf16 values just below and above each fp32 value (in magnitude order: toward/away from zero)."""
+    bits = x.view(torch.int32)
+    down = (bits & -0x10000).view(torch.float32)
+    up = ((bits & -0x10000) + 0x10000).view(torch.float32)
+    return down, up
+
+
+def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():
+    x = torch.tensor([1.0 + 0.3 * 2**-7, -2.0 - 0.75 * 2**-6, 3.0e-3 * 1.1], dtype=torch.float32)
+    down, up = _bf16_neighbours(x)
+    trials = 4000
+    noise = torch.stack([optim._lowbias32(torch.arange(3, dtype=torch.int64) + optim.mix32(i, 7)) & 0xFFFF
+                         for i in range(trials)]).to(torch.int32)
+    rounded = optim.round_bf16_stochastic(x.expand(trials, 3).contiguous(), noise).float()
+    assert bool(((rounded == down) | (rounded == up)).all())
+    # the mean lands on x, where round-to-nearest is off by up to half a step
+    assert torch.allclose(rounded.mean(0), x, rtol=0, atol=float((up - down).abs().max()) * 0.03)
+    exact = torch.tensor([1.0, -0.5, 0.0078125])  # already bf16: never moved
+    assert torch.equal(optim.round_bf16_stochastic(exact, torch.zeros(3, dtype=torch.int32)).float(), exact)
+
+
+def test_noise_is_a_fixed_function_of_step_tensor_and_element():
+    assert optim.mix32(3, 1) == optim.mix32(3, 1) != optim.mix32(4, 1) != optim.mix32(3, 2)
+    values = optim._lowbias32(torch.arange(1 << 16, dtype=torch.int64) + optim.mix32(1, 0)) & 0xFFFF
+    assert int(values.min()) >= 0 and int(values.max()) < 1 << 16
+    counts = torch.bincount(values >> 12, minlength=16).float()  # 16 buckets of the 16-bit noise
+    assert float(counts.min()) > 0.9 * (1 << 12) and float(counts.max()) < 1.1 * (1 << 12)
+
+
+def test_bf16_adamw_matches_fp32_adamw_to_one_bf16_step():
+    torch.manual_seed(0)
+    ref = torch.nn.Parameter(torch.randn(64, 32).bfloat16().float())
+    ours = torch.nn.Parameter(ref.detach().bfloat16())
+    kw = {"lr": 1e-2, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
+    fp32, sr = torch.optim.AdamW([ref], **kw), optim.StochasticRoundingAdamW([ours], **kw)  # type: ignore[arg-type]
+    for _ in range(3):
+        grad = torch.randn(64, 32)
+        ref.grad, ours.grad = grad.bfloat16().float(), grad.bfloat16()
+        # one step from the same (bf16) weights: the fp32 result, then rounded either way
+        ref.data = ours.detach().float()
+        fp32.step()
+        sr.step()
+        down, up = _bf16_neighbours(ref.detach())
+        assert bool(((ours.float() == down) | (ours.float() == up) | (ours.float() == ref)).all())
+    assert torch.allclose(sr.state[ours]["exp_avg"], fp32.state[ref]["exp_avg"], rtol=1e-6, atol=1e-7)
+    assert sr.state[ours]["exp_avg"].dtype == torch.float32 and int(sr.state[ours]["step"]) == 3
+
+
+def test_updates_smaller_than_half_a_bf16_step_still_move_the_weights():
+    """At 1.0 the bf16 step is 2**-7; an AdamW update of 1e-3 rounds away to nearest, but not stochastically."""
+    weights = torch.nn.Parameter(torch.ones(20000, dtype=torch.bfloat16))
+    opt = optim.StochasticRoundingAdamW([weights], lr=1e-3, weight_decay=0.0)
+    for _ in range(50):
+        weights.grad = torch.ones_like(weights)
+        opt.step()
+    assert abs(float(weights.detach().float().mean()) - (1 - 50e-3)) < 2e-3  # round-to-nearest would leave 1.0
+    assert len(torch.unique(weights)) > 1
+
+
+def test_a_shard_updated_at_its_offset_rounds_as_the_whole_tensor_does():
+    """FSDP ranks each update a shard; the noise is indexed by the element's place in the whole tensor, so
+    the shards together hold exactly what one unsharded update writes, on any number of ranks."""
+    torch.manual_seed(0)
+    weights, grad = torch.randn(1000).bfloat16(), torch.randn(1000).bfloat16()
+    scalars = torch.tensor([1e-3, 0.9, 0.95, 0.1, 1e-8, 0.1, 0.05 ** 0.5])
+    moments = [torch.full((1000,), 0.01), torch.full((1000,), 1e-4)]
+    whole, shards = weights.clone(), weights.clone()
+    optim.adamw_bf16_update(whole, grad, *(m.clone() for m in moments), scalars, salt=12345, offset=0)
+    for start, stop in ((0, 384), (384, 1000)):
+        optim.adamw_bf16_update(shards[start:stop], grad[start:stop], *(m[start:stop].clone() for m in moments),
+                                scalars, salt=12345, offset=start)
+    assert torch.equal(whole, shards) and not torch.equal(whole, weights)
+
+
+def test_bf16_model_gets_stochastic_rounding_adamw():
+    model = Llama(get_preset("debug")).to(torch.bfloat16)
+    opt = build_optimizer(model, OptimSection())
+    assert isinstance(opt, optim.StochasticRoundingAdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    model.norm.weight.data = model.norm.weight.data.float()
+    with pytest.raises(ValueError, match="mix bf16"):
+        build_optimizer(model, OptimSection())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_update_on_cuda_equals_the_eager_one_on_cpu():
+    torch.manual_seed(0)
+    init, grads = torch.randn(1000, 48).bfloat16(), [torch.randn(1000, 48).bfloat16() for _ in range(3)]
+    results = []
+    for device, compiled in (("cpu", False), ("cuda", True)):
+        weights = torch.nn.Parameter(init.clone().to(device))  # .to("cpu") alone would alias init
+        opt = optim.StochasticRoundingAdamW([weights], lr=1e-3, compiled=compiled)
+        for grad in grads:
+            weights.grad = grad.to(device)
+            opt.step()
+        results.append(weights.detach().cpu())
+    # same noise bits; the fp32 update may differ in its last bit (fused vs eager), so a rare element rounds
+    # to the other neighbour
+    assert (results[0] != results[1]).float().mean() < 1e-3

@@ -166,8 +166,10 @@ def test_config_and_data_errors_exit_2_with_one_line(pattern_data, tmp_path, cap
     assert "model's vocab_size is 100" in out
 
 
-def test_activation_checkpointing_changes_memory_not_math(pattern_data, straight_run, tmp_path):
-    assert main(train_args(pattern_data, tmp_path, "run.activation_checkpointing=true")) == 0
+@pytest.mark.parametrize("every", [1, 2])
+def test_activation_checkpointing_changes_memory_not_math(pattern_data, straight_run, tmp_path, every):
+    """Every block recomputed (ac_every=1), or every second one (2: the debug model's block 0 of 2)."""
+    assert main(train_args(pattern_data, tmp_path, "run.activation_checkpointing=true", f"run.ac_every={every}")) == 0
     assert train_losses(tmp_path) == train_losses(straight_run)
     keys = torch.load(tmp_path / "checkpoints" / "step-00000020" / "model.pt", weights_only=True).keys()
     assert "layers.0.attention.wq.weight" in keys and not any("checkpoint_wrapped" in k for k in keys)
