@@ -60,6 +60,8 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
     if tied is None and system == "kiln":
         tied = shape in KILN_TIED
     ac = d.get("activation_checkpointing")
+    if ac is True and int(d.get("ac_every") or 1) > 1:
+        ac = f"every{int(d['ac_every'])}"  # Kiln's per-block selective checkpointing (run.ac_every)
     row = {
         "system": system, "shape": shape, "precision": precision,
         "micro_batch": d.get("micro_batch", d.get("micro_batch_size", d.get("batch_size"))),
@@ -68,6 +70,7 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
         "fused_loss": bool(d.get("fused_loss", False)), "fp8_filter": d.get("fp8_filter"),
         "activation_checkpointing": "none" if ac in (None, False, "none") else ("full" if ac is True else ac),
         "vocab_size": d.get("vocab_size", VOCAB.get(shape)), "device": d.get("device"), "torch": d.get("torch"),
+        "param_dtype": d.get("param_dtype", "float32"),
     }
     if "error" in d:
         row["error"] = d["error"]
@@ -94,7 +97,12 @@ def _collect(data: Any, rows: list[dict[str, Any]], extras: dict[str, Any]) -> N
     for key in MEASURED_FIGURES:
         if data.get(key) is not None:
             extras[key] = data[key]
-    if isinstance(data.get("results"), list):  # a train_throughput.py report
+    if isinstance(data.get("rows"), list):  # an earlier gpu_frontier.json: its rows and ceiling carry over
+        rows += [normalize(r) for r in data["rows"] if isinstance(r, dict)]
+        if data.get("matmul_ceiling_tflops") and "matmul_ceiling" not in extras:
+            extras["matmul_ceiling"] = {"tflops_median": data["matmul_ceiling_tflops"], "device": data.get("device"),
+                                        "torch": data.get("torch")}
+    elif isinstance(data.get("results"), list):  # a train_throughput.py report
         top = {k: data[k] for k in ("device", "torch") if k in data}
         rows += [normalize(r, top) for r in data["results"] if isinstance(r, dict)]
     elif "system" in data and ("tokens_per_s" in data or "error" in data):
@@ -141,6 +149,7 @@ def _label(r: dict[str, Any]) -> str:
     extra += ["fused-loss"] if r["fused_loss"] else []
     extra += [f"fp8-filter={r['fp8_filter']}"] if r.get("fp8_filter") not in (None, "auto") else []
     extra += ["tied"] if r["tied"] else []
+    extra += ["bf16-weights"] if r.get("param_dtype") == "bfloat16" else []
     return " ".join([r["system"], r["shape"], r["precision"], f"mb{r['micro_batch']}", f"T{r['seq_len']}", *extra])
 
 

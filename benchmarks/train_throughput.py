@@ -29,7 +29,9 @@ torchtitan's recipe. ``--precision fp8-tensorwise|fp8-rowwise`` converts the blo
 torchao float8 as ``run.precision`` does (`trainer.float8`; needs an sm_89+ GPU and torchao),
 ``--fp8-filter all`` converts the small block linears too, ``--fused-loss`` computes the head
 and cross-entropy in chunks (``run.fused_loss``), and
-``--untied-head`` unties the output head from the embeddings (torchtitan's llama3 is untied).
+``--untied-head`` unties the output head from the embeddings (torchtitan's llama3 is untied),
+``--param-dtype bfloat16`` keeps bf16 weights with fp32 AdamW moments (``run.param_dtype``: 12
+bytes per parameter instead of 16) and ``--ac-every N`` recomputes only every N-th block.
 
 Baselines plug in as one function per system in `SYSTEMS` taking a `BenchSpec` and
 returning the same metrics dict (`METRIC_KEYS`): ``--baseline torchtitan`` runs
@@ -98,6 +100,10 @@ class BenchSpec:
     fp8_filter: str = "auto"
     fused_loss: bool = False
     untied_head: bool = False
+    param_dtype: str = "float32"
+    ac_every: int = 1
+    profile: str = ""
+    """Directory for a PyTorch-profiler table of 3 steps after the timed ones (empty: no profile)."""
 
 
 def train_config(spec: BenchSpec) -> TrainConfig:
@@ -112,7 +118,8 @@ def train_config(spec: BenchSpec) -> TrainConfig:
         f"run.activation_checkpointing={str(spec.activation_checkpointing).lower()}",
         "run.dtype=bfloat16", "schedule.warmup_steps=0", f"run.steps={spec.warmup + spec.steps}",
         f"run.precision={spec.precision}", f"run.fp8_filter={spec.fp8_filter}",
-        f"run.fused_loss={str(spec.fused_loss).lower()}", *untie,
+        f"run.fused_loss={str(spec.fused_loss).lower()}", f"run.param_dtype={spec.param_dtype}",
+        f"run.ac_every={spec.ac_every}", *untie,
     ])
 
 
@@ -148,6 +155,10 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         _synchronize(dist.device)
         times.append(time.perf_counter() - started)
     timed = times[spec.warmup:]
+    if spec.profile and dist.is_main:
+        step = functools.partial(optimizer_step, model, params, optimizer, scaler, batches, step_fn, accum=1,
+                                 dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
+        profile_steps(step, dist.device, Path(spec.profile), spec)
     tokens_per_step = spec.micro_batch_size * spec.seq_len * dist.world_size
     median = statistics.median(timed)
     per_device = tokens_per_step / median / dist.world_size
@@ -162,12 +173,40 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "tokens_per_s": tokens_per_step / median,
         "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
         "peak_mem_gb": peak_memory_gb(dist.device), "params": count_params(model_cfg), "flops_per_token": fpt,
-        "activation_checkpointing": spec.activation_checkpointing, "warmup_steps": spec.warmup,
+        "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
+        "param_dtype": spec.param_dtype, "warmup_steps": spec.warmup,
         "step_times_s": [round(t, 6) for t in times],
     }
     del model, raw, optimizer, step_fn, params
     _release(dist.device)
     return result
+
+
+def profile_steps(step: Callable[[], Any], device: torch.device, out_dir: Path, spec: BenchSpec) -> Path:
+    """Profile 3 steps; write the top kernels by device time (and their share of it) as a text table.
+
+    What a low MFU is made of: how much device time the matmuls get against attention, norms,
+    elementwise fusions, the optimizer and idle gaps (device time below the steps' wall time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        _synchronize(device)
+    wall = time.perf_counter() - started
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
+    # kernels only: an aten op's "self device time" is its kernels' time again
+    device_us = sum(e.self_device_time_total for e in prof.key_averages()
+                    if str(getattr(e, "device_type", "")) == "DeviceType.CUDA")
+    name = f"profile-{spec.preset}-mb{spec.micro_batch_size}-{spec.precision}{'-fused' if spec.fused_loss else ''}.txt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / name
+    out.write_text(f"{spec}\n3 steps: wall {wall:.3f} s, device busy {device_us / 1e6:.3f} s "
+                   f"({100 * device_us / 1e6 / wall:.1f} %)\n\n{table}\n")
+    return out
 
 
 def run_torchtitan(spec: BenchSpec) -> dict[str, Any]:
@@ -210,7 +249,8 @@ def variants(args: argparse.Namespace) -> list[BenchSpec]:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     base = BenchSpec(args.preset, args.seq_len, args.micro_batch_size, get_preset(args.preset).vocab_size, False,
                      args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
-                     args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head)
+                     args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head,
+                     args.param_dtype, args.ac_every, args.profile or "")
     specs = [dataclasses.replace(base, compile=c) for c in compiles]
     extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
     specs += [dataclasses.replace(base, compile=compiles[-1], vocab_size=v) for v in extra]
@@ -249,6 +289,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-sizes", default=None,
                    help="comma list for the vocab padding rows (default 64000,64001 on CUDA); 'none' skips them")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--ac-every", type=int, default=1,
+                   help="with --activation-checkpointing: recompute every N-th block only (run.ac_every)")
+    p.add_argument("--profile", default=None, help="directory: after the timed steps, profile 3 more (text table)")
+    p.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="run.param_dtype: bfloat16 = bf16 weights, fp32 AdamW moments, stochastic rounding")
     p.add_argument("--precision", choices=["bf16", "fp8-tensorwise", "fp8-rowwise"], default="bf16",
                    help="run.precision: bf16, or torchao float8 block linears (sm_89+ GPU, torchao installed)")
     p.add_argument("--fp8-filter", choices=["auto", "all"], default="auto",
