@@ -108,3 +108,17 @@ def test_results_json_of_several_device_calls_summarize_together(tmp_path):
     doc = gf.summarize(rows, extras)
     assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.12) and doc["mfu_8b"] == 0.42
     assert doc["matmul_ceiling_tflops"] == 690.0 and len(doc["rows"]) == 2
+
+
+def test_an_earlier_frontier_json_carries_its_rows_and_ceiling_into_a_new_summary(tmp_path):
+    """Later device calls add rows to an earlier gpu_frontier.json; bf16-weight and every-N-block rows are labeled."""
+    earlier = gf.summarize([gf.normalize(tt("8b", 5000.0, mb=1, seq=4096))],
+                           {"matmul_ceiling": {"tflops_median": 700.0}, "fp8_loss_rel_diff": 0.004})
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    new = kiln("llama3.1-8b", 6000.0, mb=1, seq=4096, mfu=0.5, param_dtype="bfloat16", ac_every=2)
+    new["activation_checkpointing"] = True
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    doc = gf.summarize(*gf.load_rows(tmp_path.glob("*.json")))
+    assert doc["matmul_ceiling_tflops"] == 700.0 and doc["fp8_loss_rel_diff"] == 0.004
+    assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.2) and len(doc["rows"]) == 2
+    assert "ac=every2" in doc["figure_sources"]["mfu_8b"] and "bf16-weights" in doc["figure_sources"]["mfu_8b"]
