@@ -32,7 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer.metrics import read_metrics  # noqa: E402
+from trainer.metrics import loss_figure, read_metrics  # noqa: E402
 
 
 def train(tokens: Path, out: Path, precision: str, steps: int, preset: str, micro_batch: int, seq_len: int,
@@ -114,27 +114,16 @@ def report(paths: list[Path], json_out: Path | None, png: Path | None) -> dict[s
 
 
 def plot(paths: list[Path], png: Path) -> None:
-    """Train and val loss of every run against step, in one figure."""
+    """Train and val loss of every run against step, in one figure (`trainer.metrics.loss_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for path in paths:
-        train_rows, val_rows = read_metrics(path, "train"), read_metrics(path, "val")
-        line, = ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], linewidth=1,
-                        label=f"{path.stem} train")
-        if val_rows:
-            ax.plot([r["step"] for r in val_rows], [r["val_loss"] for r in val_rows], "o--", markersize=4,
-                    color=line.get_color(), label=f"{path.stem} val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig = loss_figure(*paths)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
+    plt.close(fig)
 
 
 def main() -> None:

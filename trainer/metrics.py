@@ -118,21 +118,25 @@ def plot_loss_curve(metrics_jsonl: str | Path, png: str | Path) -> Path | None:
     return out
 
 
-def loss_figure(metrics_jsonl: str | Path) -> Any:
-    """The loss curve's matplotlib figure: a line per kind, with a marker on every point.
+def loss_figure(*metrics_jsonl: str | Path) -> Any:
+    """The loss curve's matplotlib figure: a train and a val line per run, with a marker on every point.
 
     The markers matter for short runs: a run of fewer steps than ``run.log_every`` (a
     4-step DPO) logs one train point, and a one-point line without markers draws nothing.
+    Several runs (a bf16 and an FP8 run, say) share the axes, each labeled by its file's
+    stem and drawn in one colour.
     """
     import matplotlib.pyplot as plt
 
-    train = read_metrics(metrics_jsonl, "train")
-    val = read_metrics(metrics_jsonl, "val")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot([m["step"] for m in train], [m["loss"] for m in train], ".-", label="train", linewidth=1,
-            markersize=4 if len(train) < 50 else 0)
-    if val:
-        ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label="val", markersize=3)
+    for path in metrics_jsonl:
+        prefix = f"{Path(path).stem} " if len(metrics_jsonl) > 1 else ""
+        train, val = read_metrics(path, "train"), read_metrics(path, "val")
+        (line,) = ax.plot([m["step"] for m in train], [m["loss"] for m in train], ".-", label=f"{prefix}train",
+                          linewidth=1, markersize=4 if len(train) < 50 else 0)
+        if val:
+            ax.plot([m["step"] for m in val], [m["val_loss"] for m in val], "o-", label=f"{prefix}val",
+                    markersize=3, color=line.get_color() if prefix else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

@@ -35,3 +35,22 @@ def test_a_one_point_training_curve_is_drawn(tmp_path):
     assert list(lines["train"].get_xdata()) == [4] and list(lines["train"].get_ydata()) == [0.680]
     assert visible(lines["train"]) and visible(lines["val"])
     assert plot_loss_curve(metrics, tmp_path / "loss.png") == tmp_path / "loss.png"
+
+
+def test_several_runs_share_one_figure_labeled_by_file(tmp_path):
+    """fp8_quality's bf16-vs-FP8 plot: each run's train and val lines, named by its file, in one colour."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, offset in (("bf16", 0.0), ("fp8-tensorwise", 0.1)):
+        path = tmp_path / f"{name}.jsonl"
+        rows = [{"kind": "train", "step": s, "loss": 5 - s / 10 + offset} for s in range(1, 11)]
+        rows.append({"kind": "val", "step": 10, "val_loss": 4.2 + offset})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(path)
+    fig = loss_figure(*paths)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    plt.close(fig)
+    assert set(lines) == {"bf16 train", "bf16 val", "fp8-tensorwise train", "fp8-tensorwise val"}
+    assert lines["bf16 train"].get_color() == lines["bf16 val"].get_color() != lines["fp8-tensorwise val"].get_color()
+    assert list(lines["fp8-tensorwise val"].get_ydata()) == [4.3]
