@@ -196,11 +196,11 @@ def profile_steps(step: Callable[[], Any], device: torch.device, out_dir: Path, 
             step()
         _synchronize(device)
     wall = time.perf_counter() - started
+    averages = prof.key_averages()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
+    table = averages.table(sort_by=sort, row_limit=30, max_name_column_width=70)
     # kernels only: an aten op's "self device time" is its kernels' time again
-    device_us = sum(e.self_device_time_total for e in prof.key_averages()
-                    if str(getattr(e, "device_type", "")) == "DeviceType.CUDA")
+    device_us = sum(e.self_device_time_total for e in averages if e.device_type.name == "CUDA")
     name = f"profile-{spec.preset}-mb{spec.micro_batch_size}-{spec.precision}{'-fused' if spec.fused_loss else ''}.txt"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / name

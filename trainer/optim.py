@@ -60,14 +60,12 @@ def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.Optimize
     groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
     params = [p for g in groups for p in g["params"]]
     dtypes = {p.dtype for p in params}
-    on_cuda = all(p.is_cuda for p in params)
+    fused = all(p.is_cuda for p in params) if cfg.fused is None else cfg.fused
     if torch.bfloat16 in dtypes:
         if dtypes != {torch.bfloat16}:
             raise ValueError(f"trainable parameters mix bf16 with {sorted(map(str, dtypes - {torch.bfloat16}))}; "
                              "run.param_dtype casts all of them")
-        return StochasticRoundingAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                       compiled=on_cuda if cfg.fused is None else cfg.fused)
-    fused = on_cuda if cfg.fused is None else cfg.fused
+        return StochasticRoundingAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, compiled=fused)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
 
 
@@ -118,7 +116,7 @@ def adamw_bf16_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: 
     """One AdamW step in place on flat tensors: bf16 `param` and `grad`, fp32 moments.
 
     `scalars` = [lr, beta1, beta2, weight_decay, eps, bias_correction1, sqrt(bias_correction2)] (fp32, on
-    the device, so a new lr never recompiles); `salt` the tensor's 32-bit noise salt for this step;
+    the device, so a new lr never recompiles); `salt` the tensor's 31-bit noise salt for this step (`mix32`);
     `offset` where this (shard of the) tensor starts in the whole flattened tensor, so every element gets
     the same noise however the tensor is sharded. The formula is torch.optim.AdamW's."""
     lr, beta1, beta2, wd, eps, bc1, bc2_sqrt = scalars.unbind()
@@ -147,7 +145,10 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         self._update: Callable[..., None] = adamw_bf16_update
         if compiled:
             self._update = torch.compile(adamw_bf16_update, dynamic=True, fullgraph=True)
-        self._index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        # Per parameter, fixed for the optimizer's life: its index (salts its noise) and where its local shard
+        # starts in the whole tensor (computed here once, not on every step).
+        self._place = {id(p): (i, _global_offset(p))
+                       for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's, but the moments stay fp32: torch.optim.Optimizer casts every floating state tensor
@@ -178,7 +179,8 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                                                            memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = int(state["step"].item())
-                local, offset = _local_and_offset(p)
+                local = _local(p)
+                index, offset = self._place[id(p)]
                 key = (step, local.device)
                 if key not in scalars:
                     values = torch.tensor([group["lr"], beta1, beta2, group["weight_decay"], group["eps"],
@@ -186,8 +188,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                                           pin_memory=local.is_cuda)
                     scalars[key] = values.to(local.device, non_blocking=True)
                 self._update(local.view(-1), _local(p.grad).view(-1), _local(state["exp_avg"]).view(-1),
-                             _local(state["exp_avg_sq"]).view(-1), scalars[key], mix32(step, self._index[id(p)]),
-                             offset)
+                             _local(state["exp_avg_sq"]).view(-1), scalars[key], mix32(step, index), offset)
         return loss
 
 
@@ -196,13 +197,12 @@ def _local(t: Tensor) -> Tensor:
     return t._local_tensor if hasattr(t, "_local_tensor") else t  # type: ignore[union-attr]
 
 
-def _local_and_offset(p: Tensor) -> tuple[Tensor, int]:
-    """`p`'s local shard and the flat index of its first element in the whole tensor."""
-    local = _local(p)
-    if local is p:
-        return p, 0
+def _global_offset(p: Tensor) -> int:
+    """The flat index, in the whole tensor, of the first element of `p`'s local shard (0 unsharded)."""
+    if _local(p) is p:
+        return 0
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     _, global_offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)  # type: ignore[attr-defined]
     strides = [math.prod(p.shape[i + 1:]) for i in range(p.dim())]
-    return local, sum(o * s for o, s in zip(global_offset, strides, strict=True))
+    return sum(o * s for o, s in zip(global_offset, strides, strict=True))
