@@ -177,11 +177,12 @@ def test_activation_checkpointing_changes_memory_not_math(pattern_data, straight
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
-def test_cuda_bf16_compiled_run_learns(pattern_data, tmp_path, param_dtype):
-    """bf16 compute with fp32 master weights, and with bf16 weights (the compiled stochastic-rounding AdamW)."""
-    args = train_args(pattern_data, tmp_path, "run.device=cuda", "run.compile=true", "run.dtype=bfloat16",
-                      "run.parallel=fsdp", f"run.param_dtype={param_dtype}")
+@pytest.mark.parametrize("weights", [[], ["run.parallel=fsdp", "run.param_dtype=bfloat16"]],
+                         ids=["fp32-weights-autocast", "bf16-weights-fsdp"])
+def test_cuda_bf16_compiled_run_learns(pattern_data, tmp_path, weights):
+    """bf16 compute with fp32 master weights (autocast), and with bf16 weights under FSDP (the compiled
+    stochastic-rounding AdamW)."""
+    args = train_args(pattern_data, tmp_path, "run.device=cuda", "run.compile=true", "run.dtype=bfloat16", *weights)
     assert main(args) == 0
     losses = train_losses(tmp_path)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
