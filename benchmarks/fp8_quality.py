@@ -10,6 +10,10 @@
     python3 benchmarks/fp8_quality.py report OUT/bf16.jsonl OUT/fp8-rowwise.jsonl \
         --json benchmarks/results/fp8_quality.json --png benchmarks/results/fp8_quality.png
 
+A run may also be ``NAME=PRECISION,key=value,...``: that precision with more trainer overrides,
+e.g. ``bf16-weights=bf16,run.param_dtype=bfloat16`` (bf16 weights with stochastically rounded
+AdamW updates against the fp32-weights reference); ``report --figure`` names its summary key.
+
 The final training loss is the mean of the last 10 % of the logged train losses (one
 step's loss is noisy: a batch's own difficulty moves it by more than 1 %); the final
 validation loss is the last validation pass, on the same held-out batches in both
@@ -35,10 +39,21 @@ sys.path.insert(0, str(REPO))
 from trainer.metrics import loss_figure, read_metrics  # noqa: E402
 
 
-def train(tokens: Path, out: Path, precision: str, steps: int, preset: str, micro_batch: int, seq_len: int,
+def parse_run(spec: str) -> tuple[str, str, list[str]]:
+    """``PRECISION`` or ``NAME=PRECISION,key=value,...`` -> (name, precision, overrides)."""
+    head, *overrides = spec.split(",")
+    name, _, precision = head.rpartition("=")
+    name = name or precision
+    if not precision or (overrides and name == precision) or any("=" not in o for o in overrides):
+        raise SystemExit(f"--precisions {spec!r}: expected PRECISION or NAME=PRECISION,key=value,...")
+    return name, precision, overrides
+
+
+def train(tokens: Path, out: Path, run: str, steps: int, preset: str, micro_batch: int, seq_len: int,
           vocab_size: int, extra: list[str]) -> Path:
-    """One pretraining run of `precision` with the benchmark's fixed settings; its metrics.jsonl, copied to ``out``."""
-    run_dir = out / f"run-{precision}"
+    """One pretraining run (`parse_run`) with the benchmark's fixed settings; its metrics.jsonl, copied to ``out``."""
+    name, precision, run_overrides = parse_run(run)
+    run_dir = out / f"run-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     warmup = max(1, steps // 10)
     overrides = [
@@ -48,19 +63,19 @@ def train(tokens: Path, out: Path, precision: str, steps: int, preset: str, micr
         f"run.out_dir={run_dir}", f"run.steps={steps}", f"run.precision={precision}", "run.compile=true",
         "run.log_every=10", f"run.val_every={max(1, steps // 4)}", "run.val_batches=20",
         f"schedule.warmup_steps={warmup}", f"checkpoint.every_steps={steps * 10}",
-        *extra]
+        *run_overrides, *extra]
     cmd = [sys.executable, "-m", "trainer.pretrain", "--config", str(REPO / "configs" / "train" / "1b.toml"),
            *overrides]
     started = time.perf_counter()
-    log = out / f"{precision}.log"
+    log = out / f"{name}.log"
     with open(log, "w") as fh:
         code = subprocess.call(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-    print(f"[fp8_quality] {precision}: exit {code} in {time.perf_counter() - started:.0f} s; log {log}", flush=True)
-    metrics = out / f"{precision}.jsonl"
+    print(f"[fp8_quality] {name}: exit {code} in {time.perf_counter() - started:.0f} s; log {log}", flush=True)
+    metrics = out / f"{name}.jsonl"
     if (run_dir / "metrics.jsonl").exists():
         shutil.copyfile(run_dir / "metrics.jsonl", metrics)
     if code:
-        raise SystemExit(f"{precision} run failed (exit {code}); see {log}")
+        raise SystemExit(f"{name} run failed (exit {code}); see {log}")
     return metrics
 
 
@@ -86,8 +101,9 @@ def rel_diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(abs(b - a) / abs(a), 5)
 
 
-def report(paths: list[Path], json_out: Path | None, png: Path | None) -> dict[str, Any]:
-    """The first file is the reference (bf16); each other one is compared with it."""
+def report(paths: list[Path], json_out: Path | None, png: Path | None,
+           figure: str = "fp8_loss_rel_diff") -> dict[str, Any]:
+    """The first file is the reference (bf16); each other one is compared with it; `figure` names the worst diff."""
     runs = {p.stem: summarize(p) for p in paths}
     ref_name = paths[0].stem
     ref = runs[ref_name]
@@ -104,7 +120,7 @@ def report(paths: list[Path], json_out: Path | None, png: Path | None) -> dict[s
             "diverged": run["diverged"]}
     diffs = [max(v for v in (c["train_loss_rel_diff"], c["val_loss_rel_diff"]) if v is not None)
              for c in result["comparisons"].values()]
-    result["fp8_loss_rel_diff"] = max(diffs) if diffs else None
+    result[figure] = max(diffs) if diffs else None
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=1) + "\n")
@@ -133,7 +149,8 @@ def main() -> None:
     run.add_argument("--tokens", type=Path, required=True, help="a pretokenize artifact (with train/ and val/)")
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--steps", type=int, default=1000)
-    run.add_argument("--precisions", nargs="+", default=["bf16", "fp8-rowwise"])
+    run.add_argument("--precisions", nargs="+", default=["bf16", "fp8-rowwise"],
+                     help="runs, the first the reference: PRECISION or NAME=PRECISION,key=value,...")
     run.add_argument("--preset", default="1b")
     run.add_argument("--micro-batch", type=int, default=4)
     run.add_argument("--seq-len", type=int, default=2048)
@@ -143,6 +160,7 @@ def main() -> None:
     rep.add_argument("metrics", type=Path, nargs="+")
     rep.add_argument("--json", type=Path)
     rep.add_argument("--png", type=Path)
+    rep.add_argument("--figure", default="fp8_loss_rel_diff", help="the summary key of the worst rel. diff")
     args = parser.parse_args()
     if args.cmd == "run":
         args.out.mkdir(parents=True, exist_ok=True)
@@ -150,7 +168,7 @@ def main() -> None:
                        args.vocab_size, args.extra) for p in args.precisions]
         print(json.dumps(report(paths, args.out / "fp8_quality.json", None), indent=1))
     else:
-        print(json.dumps(report(args.metrics, args.json, args.png), indent=1))
+        print(json.dumps(report(args.metrics, args.json, args.png, args.figure), indent=1))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 spec
 ROW_KEYS = ("system", "shape", "precision", "micro_batch", "seq_len", "tokens_per_s", "mfu", "peak_mem_gb")
-PAIR_KEYS = ("tied", "compile", "fused_loss", "activation_checkpointing", "vocab_size")
+PAIR_KEYS = ("tied", "compile", "compile_mode", "fused_loss", "activation_checkpointing", "vocab_size")
 SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "llama3.1-8b": "8b", "8b": "8b", "debug": "debug",
             "tiny": "tiny"}
 VOCAB = {"125m": 32000, "1b": 128256, "8b": 128256}
@@ -70,8 +70,10 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
         "fused_loss": bool(d.get("fused_loss", False)), "fp8_filter": d.get("fp8_filter"),
         "activation_checkpointing": "none" if ac in (None, False, "none") else ("full" if ac is True else ac),
         "vocab_size": d.get("vocab_size", VOCAB.get(shape)), "device": d.get("device"), "torch": d.get("torch"),
-        "param_dtype": d.get("param_dtype", "float32"),
+        "param_dtype": d.get("param_dtype", "float32"), "compile_mode": d.get("compile_mode", "default"),
     }
+    if d.get("fused_loss_chunk"):
+        row["fused_loss_chunk"] = d["fused_loss_chunk"]
     if "error" in d:
         row["error"] = d["error"]
     return row
@@ -150,6 +152,8 @@ def _label(r: dict[str, Any]) -> str:
     extra += [f"fp8-filter={r['fp8_filter']}"] if r.get("fp8_filter") not in (None, "auto") else []
     extra += ["tied"] if r["tied"] else []
     extra += ["bf16-weights"] if r.get("param_dtype") == "bfloat16" else []
+    extra += [f"chunk{r['fused_loss_chunk']}"] if r.get("fused_loss_chunk") else []
+    extra += [r["compile_mode"]] if r.get("compile_mode", "default") != "default" else []
     return " ".join([r["system"], r["shape"], r["precision"], f"mb{r['micro_batch']}", f"T{r['seq_len']}", *extra])
 
 

@@ -102,6 +102,9 @@ class BenchSpec:
     untied_head: bool = False
     param_dtype: str = "float32"
     ac_every: int = 1
+    compile_mode: str = "default"
+    fused_loss_chunk: int = 0
+    """Tokens per chunk of the fused loss (run.fused_loss_chunk); 0 = the trainer's default."""
     profile: str = ""
     """Directory for a PyTorch-profiler table of 3 steps after the timed ones (empty: no profile)."""
 
@@ -119,7 +122,8 @@ def train_config(spec: BenchSpec) -> TrainConfig:
         "run.dtype=bfloat16", "schedule.warmup_steps=0", f"run.steps={spec.warmup + spec.steps}",
         f"run.precision={spec.precision}", f"run.fp8_filter={spec.fp8_filter}",
         f"run.fused_loss={str(spec.fused_loss).lower()}", f"run.param_dtype={spec.param_dtype}",
-        f"run.ac_every={spec.ac_every}", *untie,
+        f"run.ac_every={spec.ac_every}", f"run.compile_mode={spec.compile_mode}",
+        f"run.fused_loss_chunk={spec.fused_loss_chunk}", *untie,
     ])
 
 
@@ -174,7 +178,8 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
         "peak_mem_gb": peak_memory_gb(dist.device), "params": count_params(model_cfg), "flops_per_token": fpt,
         "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
-        "param_dtype": spec.param_dtype, "warmup_steps": spec.warmup,
+        "param_dtype": spec.param_dtype, "compile_mode": spec.compile_mode,
+        "fused_loss_chunk": spec.fused_loss_chunk, "warmup_steps": spec.warmup,
         "step_times_s": [round(t, 6) for t in times],
     }
     del model, raw, optimizer, step_fn, params
@@ -250,7 +255,8 @@ def variants(args: argparse.Namespace) -> list[BenchSpec]:
     base = BenchSpec(args.preset, args.seq_len, args.micro_batch_size, get_preset(args.preset).vocab_size, False,
                      args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
                      args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head,
-                     args.param_dtype, args.ac_every, args.profile or "")
+                     args.param_dtype, args.ac_every, args.compile_mode, args.fused_loss_chunk,
+                     args.profile or "")
     specs = [dataclasses.replace(base, compile=c) for c in compiles]
     extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
     specs += [dataclasses.replace(base, compile=compiles[-1], vocab_size=v) for v in extra]
@@ -299,6 +305,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fp8-filter", choices=["auto", "all"], default="auto",
                    help="run.fp8_filter: auto keeps linears below torchao's break-even size in bf16; all converts them")
     p.add_argument("--fused-loss", action="store_true", help="run.fused_loss: chunked head + cross-entropy")
+    p.add_argument("--fused-loss-chunk", type=int, default=0,
+                   help="run.fused_loss_chunk: tokens per chunk (0 = ~1 GiB of fp32 logits per chunk)")
+    p.add_argument("--compile-mode", choices=["default", "max-autotune-no-cudagraphs"], default="default",
+                   help="run.compile_mode: torch.compile's mode (max-autotune also tunes GEMMs; slower compile)")
     p.add_argument("--untied-head", action="store_true", help="untie the output head from the embeddings")
     p.add_argument("--peak-tflops", type=float, default=H100_DENSE_BF16_TFLOPS,
                    help="per-device peak for MFU (989 = H100 SXM dense bf16 spec)")

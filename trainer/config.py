@@ -222,6 +222,11 @@ class RunSection:
     """Tokens per chunk of the fused loss; 0 = ~1 GiB of fp32 logits per chunk (2048 at 128k vocab)."""
     compile: bool = runtime_field(False)
     """torch.compile each transformer block (CUDA: ~1.2-1.5x faster after a minute of compiling)."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = runtime_field("default")
+    """torch.compile's mode with run.compile. max-autotune-no-cudagraphs also benchmarks Triton GEMM
+    templates against cuBLAS for each matmul shape and tunes the fused kernels' launch parameters:
+    minutes more compile the first time (cached afterwards), a few percent faster when it finds
+    better kernels. No CUDA graphs: FSDP's hooks and the loader's host copies do not capture."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = runtime_field("auto")
     """Data parallelism across torchrun ranks; auto = fsdp on CUDA, ddp on CPU, none for 1 rank.
     fsdp also works in one process (a 1-rank group): bf16 params once per step instead of autocast."""

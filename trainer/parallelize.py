@@ -176,13 +176,13 @@ def apply_param_dtype(model: nn.Module, run: RunSection) -> None:
             param.data = param.data.to(dtype)
 
 
-def apply_compile(model: Llama) -> None:
+def apply_compile(model: Llama, mode: str = "default") -> None:
     """Compile each block in place: blocks are identical, so one graph is reused and compile is fast."""
     for block in model.layers:
-        block.compile(fullgraph=True)
+        block.compile(fullgraph=True, mode=mode)
     # The head (norm + output + cross-entropy) is compiled too: eager, the float32 upcast and the
     # log-softmax each make a full pass over the [B, T, vocab] logits.
-    model.head = torch.compile(model.head)  # type: ignore[method-assign]
+    model.head = torch.compile(model.head, mode=mode)  # type: ignore[method-assign]
 
 
 def apply_fsdp(model: Llama, dist: DistEnv, run: RunSection) -> None:
@@ -210,7 +210,7 @@ def parallelize(model: Llama, run: RunSection, dist: DistEnv) -> nn.Module:
     if run.activation_checkpointing:
         apply_activation_checkpointing(model, run.ac_every)
     if run.compile:
-        apply_compile(model)
+        apply_compile(model, run.compile_mode)
     if dist.mode == "fsdp":
         apply_fsdp(model, dist, run)
     elif dist.mode == "ddp":

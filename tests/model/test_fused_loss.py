@@ -150,3 +150,29 @@ def test_compiles_with_autograd():
 def test_default_chunk_size_keeps_chunk_logits_near_one_gib():
     assert default_chunk_size(128256) == 2048  # 2048 x 128256 x 4 B = 0.98 GiB
     assert default_chunk_size(512) % 256 == 0 and default_chunk_size(10**9) == 256
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the float32-accumulating addmm is CUDA-only")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_bfloat16_gradients_match_the_plain_bfloat16_head(compiled):
+    """On CUDA each chunk's weight gradient is added into the float32 accumulator by the GEMM itself
+    (`torch.addmm(..., out_dtype=float32)`), eager and under inductor with fullgraph: the gradients
+    match the plain bf16 head's (one bf16 GEMM over all tokens, as nn.Linear computes it)."""
+    gen = torch.Generator().manual_seed(3)
+    n, d, v = 1000, 64, 4096  # 8 chunks of 128, the last one short
+    h = torch.randn(n, d, generator=gen).cuda().bfloat16()
+    w = (0.2 * torch.randn(v, d, generator=gen)).cuda().bfloat16()
+    t = torch.randint(0, v, (n,), generator=gen).cuda()
+    hb, wb = h.clone().requires_grad_(), w.clone().requires_grad_()
+    fn = torch.compile(linear_cross_entropy, fullgraph=True) if compiled else linear_cross_entropy
+    loss = fn(hb, wb, t, 128)
+    loss.backward()
+    ref_h, ref_w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = _plain(ref_h, ref_w, t)
+    ref.backward()
+    assert hb.grad is not None and wb.grad is not None and ref_h.grad is not None and ref_w.grad is not None
+    assert wb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    for got, want in ((hb.grad, ref_h.grad), (wb.grad, ref_w.grad)):
+        err = (got.float() - want.float()).abs().max().item()
+        assert err <= 0.01 * want.float().abs().max().item(), (err, want.abs().max().item())
