@@ -35,18 +35,6 @@ def default_chunk_size(vocab_size: int) -> int:
     return max(256, (CHUNK_LOGITS_BYTES // (4 * vocab_size)) // 256 * 256)
 
 
-def _accumulate(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``acc + (a @ b)`` for a float32 `acc` and half-precision a, b.
-
-    On CUDA the GEMM adds into the float32 accumulator itself (cuBLAS with a float32 C, beta=1), so
-    a chunk's [V, D] weight gradient is not first written in bf16, read back, upcast and added:
-    at 128k x 2048 that is ~2 GB less memory traffic per chunk, and a bf16 rounding less. Elsewhere
-    (CPU has no mixed-dtype addmm) the product is upcast and added."""
-    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
-        return torch.addmm(acc, a, b, out_dtype=torch.float32)
-    return acc + (a @ b).float()
-
-
 def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h: bool,
              need_w: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Mean loss over counted tokens and, when asked, its gradients wrt h [N, D] and weight [V, D]."""
@@ -70,7 +58,9 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
         if grad_h is not None:
             grad_h[start:start + chunk_size] = grad @ weight
         if grad_w is not None:
-            grad_w = _accumulate(grad_w, grad.t(), h_c)
+            # (`torch.addmm(..., out_dtype=float32)` would add in the GEMM, but torch 2.11's addmm
+            # decomposition takes out_dtype for beta under torch.compile; inductor fuses this add.)
+            grad_w += (grad.t() @ h_c).float()
     return total / counted, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU call 10 (2026-12-03): 1000 steps of bf16 with fp32 weights against bf16 weights (stochastically rounded
 # AdamW updates, the 8B configuration) from the same initial weights on the same real tokens (.devdata/tokens,
-# the 0.1 GB scale corpus's pretokenize artifact); 125M with max-autotune and at micro-batch 128. One tarball.
+# the 0.1 GB scale corpus's pretokenize artifact); Kiln's best 1B with bigger fused-loss chunks (fewer fp32
+# weight-gradient accumulations). One tarball.
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
@@ -21,7 +22,7 @@ timeout 340 python3 benchmarks/fp8_quality.py run --tokens .devdata/tokens --out
   --vocab-size 32000 >> $LOG 2>&1
 echo "quality rc=$?" >> $LOG; kill $SAVER
 rm -rf $R/q/run-*/checkpoints $R/q/run-*/final; pack
-P="--preset 125m --seq-len 2048 --steps 20 --warmup 8 --fused-loss"
-kiln 125m-mb128-fused 80 $P --micro-batch-size 128
-kiln 125m-mb64-fused-autotune 200 $P --micro-batch-size 64 --compile-mode max-autotune-no-cudagraphs
+B="--preset 1b --seq-len 2048 --steps 20 --warmup 8 --fused-loss --micro-batch-size 32 --untied-head --precision fp8-tensorwise --param-dtype bfloat16"
+kiln 1b-best-chunk8192 85 $B --fused-loss-chunk 8192
+kiln 1b-best-chunk16384 85 $B --fused-loss-chunk 16384
 echo "=== done $(date +%T)" >> $LOG; pack
