@@ -6,7 +6,8 @@
 `summarize` reads every JSON in WORK_DIR: Kiln's ``train_throughput.py`` reports (rows under
 ``results``), the baseline runners' single-row JSONs (torchtitan 0.2.2, LitGPT), the ``ceiling``
 measurement, and any JSON that carries a summary figure itself (the FP8 convergence run's
-``fp8_loss_rel_diff``, the checkpoint benchmark's ``checkpoint_stall_s_1b``). Rows keep the
+``fp8_loss_rel_diff``, the bf16-weights one's ``bf16_weights_loss_rel_diff``, the checkpoint
+benchmark's ``checkpoint_stall_s_1b``). Rows keep the
 issue's keys (`ROW_KEYS`) plus what pairing needs (tied head, compile, fused loss, activation
 checkpointing). A figure is null when a side of it was not measured.
 
@@ -45,7 +46,8 @@ GOALS: dict[str, tuple[float, bool]] = {
     "fp8_loss_rel_diff": (0.01, False), "mfu_8b": (0.40, True), "speedup_8b_vs_torchtitan": (1.1, True),
     "fp8_speedup_8b": (1.2, True), "mfu_125m": (0.50, True), "checkpoint_stall_s_1b": (0.5, False),
 }
-MEASURED_FIGURES = ("fp8_loss_rel_diff", "checkpoint_stall_s_1b")  # taken from the JSON that measured them
+MEASURED_FIGURES = ("fp8_loss_rel_diff", "bf16_weights_loss_rel_diff", "checkpoint_stall_s_1b")
+"""Taken from the JSON that measured them (the convergence runs', the checkpoint benchmark's)."""
 
 
 def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -190,6 +192,9 @@ def summarize(rows: list[dict[str, Any]], extras: dict[str, Any] | None = None) 
                                               _usable(rows, _is_kiln, "8b", _bf16)),
         "mfu_125m": _best_mfu(rows, "125m"),
         "checkpoint_stall_s_1b": (extras.get("checkpoint_stall_s_1b"), "measured by the checkpoint benchmark"),
+        # no goal: what run.param_dtype = "bfloat16" (the 8B rows' weights) costs in loss against fp32 weights
+        "bf16_weights_loss_rel_diff": (extras.get("bf16_weights_loss_rel_diff"),
+                                       "measured by the convergence run, bf16 against fp32 weights"),
     }
     ceiling = extras.get("matmul_ceiling") or {}
     doc: dict[str, Any] = {

@@ -122,3 +122,15 @@ def test_an_earlier_frontier_json_carries_its_rows_and_ceiling_into_a_new_summar
     assert doc["matmul_ceiling_tflops"] == 700.0 and doc["fp8_loss_rel_diff"] == 0.004
     assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.2) and len(doc["rows"]) == 2
     assert "ac=every2" in doc["figure_sources"]["mfu_8b"] and "bf16-weights" in doc["figure_sources"]["mfu_8b"]
+
+
+def test_bf16_weights_loss_is_carried_without_a_goal_and_compile_modes_do_not_pair(tmp_path):
+    (tmp_path / "q.json").write_text(json.dumps({"bf16_weights_loss_rel_diff": 0.0138}))
+    (tmp_path / "r.json").write_text(json.dumps({"benchmark": "train_throughput", "results": [
+        kiln("1b", 100.0), kiln("1b", 150.0, precision="fp8-tensorwise", compile_mode="max-autotune-no-cudagraphs"),
+        kiln("1b", 120.0, precision="fp8-tensorwise", fused_loss_chunk=16384)]}))
+    rows, extras = gf.load_rows(tmp_path.glob("*.json"))
+    doc = gf.summarize(rows, extras)
+    assert doc["bf16_weights_loss_rel_diff"] == 0.0138 and "bf16_weights_loss_rel_diff" not in doc["goals"]
+    assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(1.2)  # the max-autotune row has no default partner
+    assert "chunk16384" in doc["figure_sources"]["fp8_speedup_vs_kiln_bf16"]
