@@ -106,10 +106,12 @@ def test_fsdp_checkpoint_resumes_on_a_different_number_of_processes(pattern_data
 
 
 @pytest.mark.filterwarnings("ignore:DTensor random operators")
-def test_bf16_weights_learn_and_resume_exactly_under_fsdp(pattern_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("update", ["stochastic", "kahan"])
+def test_bf16_weights_learn_and_resume_exactly_under_fsdp(pattern_data, tmp_path, monkeypatch, update):
     """run.param_dtype=bfloat16: bf16 shards, fp32 moments (StochasticRoundingAdamW), learns like fp32
-    weights; a stopped run resumes to the same losses bit for bit (the rounding noise is a hash, not a draw)."""
-    common = short("run.parallel=fsdp", "run.steps=6", "run.param_dtype=bfloat16")
+    weights; a stopped run resumes to the same losses bit for bit (the rounding noise is a hash, not a draw;
+    kahan: its bf16 residuals are checkpointed with the moments)."""
+    common = short("run.parallel=fsdp", "run.steps=6", "run.param_dtype=bfloat16", f"optim.bf16_update={update}")
     assert main(train_args(pattern_data, tmp_path / "straight", *common)) == 0
     assert main(train_args(pattern_data, tmp_path / "fp32", *short("run.parallel=fsdp", "run.steps=6"))) == 0
     bf16, fp32 = train_losses(tmp_path / "straight"), train_losses(tmp_path / "fp32")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -127,15 +129,79 @@ def test_bf16_model_gets_stochastic_rounding_adamw():
         build_optimizer(model, OptimSection())
 
 
+def _trajectories(steps: int, lr: float) -> dict[str, torch.Tensor]:
+    """The same weights and bf16 gradients through fp32 AdamW and both bf16 updates; each final weight."""
+    torch.manual_seed(0)
+    init = torch.randn(4096).bfloat16()
+    grads = [torch.randn(4096).bfloat16() for _ in range(steps)]
+    kw = {"lr": lr, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
+    weights = {name: torch.nn.Parameter(init.float() if name == "fp32" else init.clone())
+               for name in ("fp32", "stochastic", "kahan")}
+    opts = {"fp32": torch.optim.AdamW([weights["fp32"]], **kw),  # type: ignore[arg-type]
+            "stochastic": optim.StochasticRoundingAdamW([weights["stochastic"]], **kw),  # type: ignore[arg-type]
+            "kahan": optim.StochasticRoundingAdamW([weights["kahan"]], kahan=True, **kw)}  # type: ignore[arg-type]
+    for grad in grads:
+        for name, w in weights.items():
+            w.grad = grad.float() if name == "fp32" else grad.clone()
+            opts[name].step()
+    compensation = opts["kahan"].state[weights["kahan"]][optim.COMPENSATION]
+    assert compensation.dtype == torch.bfloat16
+    return {**{name: w.detach().float() for name, w in weights.items()},
+            "kahan+residual": weights["kahan"].detach().float() + compensation.float()}
+
+
+def test_kahan_bf16_weights_follow_fp32_adamw_closer_than_stochastic_rounding():
+    """300 updates of ~1e-4 against weights ~1 (bf16 step 2**-7..2**-8): each is below half a bf16 step.
+    Kahan's bf16 weight is fp32 AdamW's rounded (within one bf16 step everywhere), its weight plus
+    residual holds fp32's to a few hundredths of a step, and both are closer on average than the
+    stochastic rounding's random walk."""
+    w = _trajectories(steps=300, lr=1e-4)
+    step = torch.finfo(torch.bfloat16).eps * w["fp32"].abs().clamp(min=2**-10)
+    kahan_err, sr_err = (w["kahan"] - w["fp32"]).abs(), (w["stochastic"] - w["fp32"]).abs()
+    assert bool((kahan_err <= step).all())
+    assert bool(((w["kahan+residual"] - w["fp32"]).abs() <= 0.05 * step).all())
+    assert float(kahan_err.mean()) < 0.5 * float(sr_err.mean())
+    assert not torch.equal(w["kahan"], _trajectories(steps=300, lr=0.0)["kahan"])  # the small updates did land
+
+
+def test_kahan_resume_keeps_the_bf16_residual_and_continues_bit_for_bit():
+    torch.manual_seed(1)
+    init, grads = torch.randn(64, 8).bfloat16(), [torch.randn(64, 8).bfloat16() for _ in range(6)]
+
+    def run(split: int | None) -> torch.Tensor:
+        weights = torch.nn.Parameter(init.clone())
+        opt = optim.StochasticRoundingAdamW([weights], lr=1e-4, kahan=True)
+        for i, grad in enumerate(grads):
+            if i == split:  # a fresh optimizer from the saved state, as a resume makes one
+                saved = copy.deepcopy(opt.state_dict())
+                opt = optim.StochasticRoundingAdamW([weights], lr=1e-4, kahan=True)
+                opt.load_state_dict(saved)
+                state = opt.state[weights]
+                assert state[optim.COMPENSATION].dtype == torch.bfloat16 and state["exp_avg"].dtype == torch.float32
+                assert bool(state[optim.COMPENSATION].abs().max() > 0)
+            weights.grad = grad.clone()
+            opt.step()
+        return weights.detach()
+
+    assert torch.equal(run(None), run(3))
+
+
+def test_bf16_update_kahan_is_chosen_by_config():
+    model = Llama(get_preset("debug")).to(torch.bfloat16)
+    assert build_optimizer(model, OptimSection(bf16_update="kahan")).kahan is True  # type: ignore[attr-defined]
+    assert build_optimizer(model, OptimSection()).kahan is False  # type: ignore[attr-defined]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_update_on_cuda_equals_the_eager_one_on_cpu():
+@pytest.mark.parametrize("kahan", [False, True])
+def test_compiled_update_on_cuda_equals_the_eager_one_on_cpu(kahan):
     torch.manual_seed(0)
     init, grads = torch.randn(1000, 48).bfloat16(), [torch.randn(1000, 48).bfloat16() for _ in range(3)]
     results = []
     for device, compiled in (("cpu", False), ("cuda", True)):
         weights = torch.nn.Parameter(init.clone().to(device))  # .to("cpu") alone would alias init
-        opt = optim.StochasticRoundingAdamW([weights], lr=1e-3, compiled=compiled)
+        opt = optim.StochasticRoundingAdamW([weights], lr=1e-3, compiled=compiled, kahan=kahan)
         for grad in grads:
             weights.grad = grad.to(device)
             opt.step()

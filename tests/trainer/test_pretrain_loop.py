@@ -177,8 +177,9 @@ def test_activation_checkpointing_changes_memory_not_math(pattern_data, straight
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("weights", [[], ["run.parallel=fsdp", "run.param_dtype=bfloat16"]],
-                         ids=["fp32-weights-autocast", "bf16-weights-fsdp"])
+@pytest.mark.parametrize("weights", [[], ["run.parallel=fsdp", "run.param_dtype=bfloat16"],
+                                     ["run.parallel=fsdp", "run.param_dtype=bfloat16", "optim.bf16_update=kahan"]],
+                         ids=["fp32-weights-autocast", "bf16-weights-fsdp", "bf16-kahan-weights-fsdp"])
 def test_cuda_bf16_compiled_run_learns(pattern_data, tmp_path, weights):
     """bf16 compute with fp32 master weights (autocast), and with bf16 weights under FSDP (the compiled
     stochastic-rounding AdamW)."""
