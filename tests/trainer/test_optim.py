@@ -112,10 +112,10 @@ def test_a_shard_updated_at_its_offset_rounds_as_the_whole_tensor_does():
     scalars = torch.tensor([1e-3, 0.9, 0.95, 0.1, 1e-8, 0.1, 0.05 ** 0.5])
     moments = [torch.full((1000,), 0.01), torch.full((1000,), 1e-4)]
     whole, shards = weights.clone(), weights.clone()
-    optim.adamw_bf16_update(whole, grad, *(m.clone() for m in moments), scalars, salt=12345, offset=0)
+    optim.adamw_bf16_update(whole, grad, moments[0].clone(), moments[1].clone(), scalars, salt=12345, offset=0)
     for start, stop in ((0, 384), (384, 1000)):
-        optim.adamw_bf16_update(shards[start:stop], grad[start:stop], *(m[start:stop].clone() for m in moments),
-                                scalars, salt=12345, offset=start)
+        optim.adamw_bf16_update(shards[start:stop], grad[start:stop], moments[0][start:stop].clone(),
+                                moments[1][start:stop].clone(), scalars, salt=12345, offset=start)
     assert torch.equal(whole, shards) and not torch.equal(whole, weights)
 
 
