@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -184,6 +185,34 @@ def test_kahan_resume_keeps_the_bf16_residual_and_continues_bit_for_bit():
         return weights.detach()
 
     assert torch.equal(run(None), run(3))
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor on CPU needs a C++ compiler")
+def test_compiled_kahan_update_keeps_its_residual_as_eager_does():
+    """Inductor keeps a fused kernel's intermediates in fp32 (it does not emulate precision casts), so a
+    ``.to(bfloat16).float()`` round trip inside the update would vanish and take the residual with it;
+    the rounding on the bits does not. Compiled on CPU, the update writes exactly the eager bits."""
+    torch.manual_seed(0)
+    init, grads = torch.randn(4096).bfloat16(), [torch.randn(4096).bfloat16() for _ in range(3)]
+    results = []
+    for compiled in (False, True):
+        weights = torch.nn.Parameter(init.clone())
+        opt = optim.StochasticRoundingAdamW([weights], lr=1e-3, kahan=True, compiled=compiled)
+        for grad in grads:
+            weights.grad = grad.clone()
+            opt.step()
+        results.append((weights.detach(), opt.state[weights][optim.COMPENSATION]))
+    (eager_w, eager_c), (compiled_w, compiled_c) = results
+    assert torch.equal(eager_w, compiled_w) and torch.equal(eager_c, compiled_c)
+    assert float((compiled_c != 0).float().mean()) > 0.9
+
+
+def test_round_bf16_nearest_is_the_cast():
+    x = torch.randn(100_000) * torch.logspace(-30, 30, 100_000)
+    assert torch.equal(optim.round_bf16_nearest(x), x.to(torch.bfloat16).float())
+    ties = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0])  # halfway: to even
+    assert optim.round_bf16_nearest(ties).tolist() == [1.0, 1 + 2**-6, -1.0, 0.0]
 
 
 def test_bf16_update_kahan_is_chosen_by_config():
