@@ -74,6 +74,8 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
         "vocab_size": d.get("vocab_size", VOCAB.get(shape)), "device": d.get("device"), "torch": d.get("torch"),
         "param_dtype": d.get("param_dtype", "float32"), "compile_mode": d.get("compile_mode", "default"),
     }
+    if row["param_dtype"] == "bfloat16":
+        row["bf16_update"] = d.get("bf16_update", "stochastic")
     if d.get("fused_loss_chunk"):
         row["fused_loss_chunk"] = d["fused_loss_chunk"]
     if "error" in d:
@@ -154,6 +156,7 @@ def _label(r: dict[str, Any]) -> str:
     extra += [f"fp8-filter={r['fp8_filter']}"] if r.get("fp8_filter") not in (None, "auto") else []
     extra += ["tied"] if r["tied"] else []
     extra += ["bf16-weights"] if r.get("param_dtype") == "bfloat16" else []
+    extra += ["kahan"] if r.get("bf16_update") == "kahan" else []
     extra += [f"chunk{r['fused_loss_chunk']}"] if r.get("fused_loss_chunk") else []
     extra += [r["compile_mode"]] if r.get("compile_mode", "default") != "default" else []
     return " ".join([r["system"], r["shape"], r["precision"], f"mb{r['micro_batch']}", f"T{r['seq_len']}", *extra])

@@ -103,6 +103,8 @@ class BenchSpec:
     param_dtype: str = "float32"
     ac_every: int = 1
     compile_mode: str = "default"
+    bf16_update: str = "stochastic"
+    """With bf16 weights: optim.bf16_update (stochastic rounding, or Kahan residuals)."""
     fused_loss_chunk: int = 0
     """Tokens per chunk of the fused loss (run.fused_loss_chunk); 0 = the trainer's default."""
     profile: str = ""
@@ -123,7 +125,7 @@ def train_config(spec: BenchSpec) -> TrainConfig:
         f"run.precision={spec.precision}", f"run.fp8_filter={spec.fp8_filter}",
         f"run.fused_loss={str(spec.fused_loss).lower()}", f"run.param_dtype={spec.param_dtype}",
         f"run.ac_every={spec.ac_every}", f"run.compile_mode={spec.compile_mode}",
-        f"run.fused_loss_chunk={spec.fused_loss_chunk}", *untie,
+        f"run.fused_loss_chunk={spec.fused_loss_chunk}", f"optim.bf16_update={spec.bf16_update}", *untie,
     ])
 
 
@@ -178,7 +180,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
         "peak_mem_gb": peak_memory_gb(dist.device), "params": count_params(model_cfg), "flops_per_token": fpt,
         "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
-        "param_dtype": spec.param_dtype, "compile_mode": spec.compile_mode,
+        "param_dtype": spec.param_dtype, "bf16_update": spec.bf16_update, "compile_mode": spec.compile_mode,
         "fused_loss_chunk": spec.fused_loss_chunk, "warmup_steps": spec.warmup,
         "step_times_s": [round(t, 6) for t in times],
     }
@@ -255,7 +257,7 @@ def variants(args: argparse.Namespace) -> list[BenchSpec]:
     base = BenchSpec(args.preset, args.seq_len, args.micro_batch_size, get_preset(args.preset).vocab_size, False,
                      args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
                      args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head,
-                     args.param_dtype, args.ac_every, args.compile_mode, args.fused_loss_chunk,
+                     args.param_dtype, args.ac_every, args.compile_mode, args.bf16_update, args.fused_loss_chunk,
                      args.profile or "")
     specs = [dataclasses.replace(base, compile=c) for c in compiles]
     extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
@@ -300,6 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, help="directory: after the timed steps, profile 3 more (text table)")
     p.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="run.param_dtype: bfloat16 = bf16 weights, fp32 AdamW moments, stochastic rounding")
+    p.add_argument("--bf16-update", choices=["stochastic", "kahan"], default="stochastic",
+                   help="optim.bf16_update with bf16 weights: stochastic rounding, or Kahan residuals (+2 B/param)")
     p.add_argument("--precision", choices=["bf16", "fp8-tensorwise", "fp8-rowwise"], default="bf16",
                    help="run.precision: bf16, or torchao float8 block linears (sm_89+ GPU, torchao installed)")
     p.add_argument("--fp8-filter", choices=["auto", "all"], default="auto",
