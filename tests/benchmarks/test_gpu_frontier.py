@@ -59,6 +59,14 @@ def test_torchtitan_comparison_uses_untied_kiln_rows_and_its_best_bf16():
     assert summary(kiln("1b", 500.0, tied=True), tt("1b", 100.0))["best_1b_speedup_vs_torchtitan_bf16"] is None
 
 
+def test_8b_comparison_with_fp32_weights_only_is_reported_beside_the_best():
+    doc = summary(kiln("llama3.1-8b", 120.0, seq=4096, param_dtype="bfloat16"),
+                  kiln("llama3.1-8b", 96.0, seq=4096), tt("8b", 100.0, seq=4096))
+    assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.2)
+    assert doc["speedup_8b_vs_torchtitan_fp32_weights"] == pytest.approx(0.96)
+    assert "speedup_8b_vs_torchtitan_fp32_weights" not in doc["goals"]
+
+
 def test_8b_figures_compare_within_a_seq_len_and_take_the_smallest():
     doc = summary(kiln("llama3-8b", 110.0, seq=4096, mfu=0.42), kiln("llama3-8b", 60.0, seq=8192, mfu=0.45),
                   kiln("llama3-8b", 140.0, seq=4096, precision="fp8-tensorwise"),
