@@ -214,8 +214,8 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32,
                                                            memory_format=torch.preserve_format)
-                    if self.kahan:
-                        state[COMPENSATION] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if self.kahan and COMPENSATION not in state:  # also a state loaded from a stochastic run's
+                    state[COMPENSATION] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = int(state["step"].item())
                 local = _local(p)

@@ -187,6 +187,22 @@ def test_kahan_resume_keeps_the_bf16_residual_and_continues_bit_for_bit():
     assert torch.equal(run(None), run(3))
 
 
+def test_kahan_picks_up_a_state_without_residuals():
+    """A state saved by the stochastic update (no residuals) loaded into a Kahan one gets zero residuals and
+    rounds to nearest from there, rather than silently staying stochastic."""
+    weights = torch.nn.Parameter(torch.ones(1000, dtype=torch.bfloat16))
+    sr = optim.StochasticRoundingAdamW([weights], lr=1e-3, weight_decay=0.0)
+    weights.grad = torch.ones_like(weights)
+    sr.step()
+    kahan = optim.StochasticRoundingAdamW([weights], lr=1e-3, weight_decay=0.0, kahan=True)
+    kahan.load_state_dict(sr.state_dict())
+    before = weights.detach().clone()
+    kahan.step()
+    assert optim.COMPENSATION in kahan.state[weights]
+    changed = weights.detach() != before  # to nearest, one update of ~1e-3 against a 2**-8..2**-7 spacing: none
+    assert not bool(changed.any()) and bool(kahan.state[weights][optim.COMPENSATION].abs().min() > 0)
+
+
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="inductor on CPU needs a C++ compiler")
 def test_compiled_kahan_update_keeps_its_residual_as_eager_does():
