@@ -226,7 +226,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                                            1 - beta1 ** step, math.sqrt(1 - beta2 ** step)], dtype=torch.float32,
                                           pin_memory=local.is_cuda)
                     scalars[key] = values.to(local.device, non_blocking=True)
-                compensation = _local(state[COMPENSATION]).view(-1) if COMPENSATION in state else None
+                compensation = _local(state[COMPENSATION]).view(-1) if self.kahan else None
                 self._update(local.view(-1), _local(p.grad).view(-1), _local(state["exp_avg"]).view(-1),
                              _local(state["exp_avg_sq"]).view(-1), scalars[key], mix32(step, index), offset,
                              compensation)
