@@ -4,16 +4,10 @@
 # weights on the same real tokens (carry .whl and .devdata, as call10.sh); then the 8B shape with Kahan bf16
 # weights at micro-batch 1 and 2 (14 bytes a parameter: does micro-batch 2 still fit?). One tarball.
 set -u
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-R=/tmp/r13; mkdir -p $R/q; LOG=$R/call13.log; START=$(date +%s)
-left() { echo $(( 580 - ($(date +%s) - START) )); }
-pack() { tar --exclude='run-*' -C $R -cf $OUT/r13.tar .; }
-kiln() { name=$1; t=$2; shift 2; l=$(left); [ "$t" -gt "$l" ] && t=$l; [ "$t" -lt 40 ] && { echo "skip $name" >> $LOG; return 1; }
-  echo "=== $name $(date +%T) (limit $t s)" >> $LOG
-  timeout $t python3 benchmarks/train_throughput.py --compile on --vocab-sizes none "$@" --out $R/$name.json > $R/$name.log 2>&1
-  rc=$?; echo "rc=$rc" >> $LOG; grep -E "tok/s|Error|error" $R/$name.log | tail -n 3 >> $LOG; pack; return $rc; }
+R=/tmp/r13; NAME=call13
+# shellcheck source=lib.sh
+source benchmarks/gpu_calls/lib.sh
+mkdir -p $R/q
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/trainer/test_optim.py -k cuda 2>&1 | grep -E "^E |passed|failed" | head -n 8 >> $LOG; pack
 ( while sleep 20; do cp $R/q/run-*/metrics.jsonl $R/q/ 2>/dev/null; pack; done ) & SAVER=$!
 timeout 340 python3 benchmarks/fp8_quality.py run --tokens .devdata/tokens --out $R/q --steps 1000 \

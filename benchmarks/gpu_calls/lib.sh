@@ -1,0 +1,18 @@
+# Shared by the device calls written from call 13 on (calls 1-12 are kept as they ran, each with its own copy).
+# Source it after setting R (a result folder on the device) and NAME (the call's name: $R/$NAME.log and
+# $OUT/$NAME.tar); BUDGET (seconds the call may use, default 580).
+# shellcheck shell=bash
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+mkdir -p "$R"; LOG=$R/$NAME.log; START=$(date +%s); BUDGET=${BUDGET:-580}
+# seconds left of the call's budget
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+# everything in $R so far into one tarball (the device tool returns at most 8 files), run directories left out
+pack() { tar --exclude='run-*' -C "$R" -cf "$OUT/$NAME.tar" .; }
+# kiln NAME LIMIT ARGS...: one train_throughput row, cut to the budget left, skipped under 40 s
+kiln() { local name=$1 t=$2; shift 2; local l; l=$(left); [ "$t" -gt "$l" ] && t=$l
+  [ "$t" -lt 40 ] && { echo "skip $name" >> "$LOG"; return 1; }
+  echo "=== $name $(date +%T) (limit $t s)" >> "$LOG"
+  timeout "$t" python3 benchmarks/train_throughput.py --compile on --vocab-sizes none "$@" --out "$R/$name.json" > "$R/$name.log" 2>&1
+  local rc=$?; echo "rc=$rc" >> "$LOG"; grep -E "tok/s|Error|error" "$R/$name.log" | tail -n 3 >> "$LOG"; pack; return $rc; }
