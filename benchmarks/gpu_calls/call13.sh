@@ -8,7 +8,7 @@ R=/tmp/r13; NAME=call13
 # shellcheck source=lib.sh
 source benchmarks/gpu_calls/lib.sh
 mkdir -p $R/q
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/trainer/test_optim.py -k cuda 2>&1 | grep -E "^E |passed|failed" | head -n 8 >> $LOG; pack
+timeout 130 python3 -m pytest -q -p no:cacheprovider tests/trainer/test_optim.py tests/trainer/test_pretrain_loop.py -k cuda 2>&1 | grep -E "^E |passed|failed" | head -n 8 >> $LOG; pack
 ( while sleep 20; do cp $R/q/run-*/metrics.jsonl $R/q/ 2>/dev/null; pack; done ) & SAVER=$!
 timeout 340 python3 benchmarks/fp8_quality.py run --tokens .devdata/tokens --out $R/q --steps 1000 \
   --precisions bf16 bf16-kahan=bf16,run.param_dtype=bfloat16,optim.bf16_update=kahan --preset 1b --micro-batch 2 \
