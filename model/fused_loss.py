@@ -11,6 +11,13 @@ FusedLinearCrossEntropy design), then drops the chunk's logits. Backward only sc
 stored gradients by the incoming one, so the step does the same three matmuls as the plain
 head (forward, grad wrt h, grad wrt W) and no recompute.
 
+FP8 (``fp8=True``, `run.fp8_head`): the three matmuls run on FP8 tensor cores with tensorwise
+scales, as torchao's recipe does for the block linears: h and the weight in e4m3 with dynamic
+scales (amax of the chunk / of the whole weight), the softmax gradient in e5m2 with a *static*
+scale -- every entry of ``softmax - onehot`` lies in [-1, 1], so no amax pass over the [C, V]
+gradient is needed. Logits and the weight gradient come out of the GEMM in float32. At 1B with
+an untied 128k head these GEMMs are a fifth of the step's FLOPs, the largest part left in bf16.
+
 Numerics match ``F.cross_entropy(reduction="mean", ignore_index=-100)`` of the plain head: the
 chunk's logits come out of the matmul in its input dtype (as ``nn.Linear`` gives them) and are
 upcast once; log-sum-exp, softmax and the loss run in float32; the weight gradient accumulates
@@ -19,6 +26,8 @@ order differs, so in float32 the two agree to rounding.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,21 +39,67 @@ three matmuls still saturate a GPU, small enough that a chunk's temporaries (its
 softmax in place, a bf16 copy of the gradient) stay near 1.5 GiB whatever the micro-batch."""
 
 
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+FP8_GRAD_SCALE = 2.0 ** 15
+"""Static scale of the e5m2 softmax gradient: |softmax - onehot| <= 1 maps to <= 32768 (e5m2's max is
+57344), and probabilities down to 2^-31 stay nonzero (a 128k vocabulary's uniform 7.8e-6 is far above)."""
+AMAX_EPS = 1e-12  # torchao's floor on an amax, so an all-zero tensor gets a finite scale
+FP8_ALIGN = 16  # FP8 GEMMs need every dimension a multiple of 16
+
+
+def _to_e4m3(x: Tensor) -> tuple[Tensor, Tensor]:
+    """`x` in e4m3 with one dynamic scale (torchao's tensorwise cast), and the scale that undoes it."""
+    fmax = torch.finfo(E4M3).max
+    scale = fmax / x.abs().amax().float().clamp(min=AMAX_EPS)
+    return (x.float() * scale).clamp(-fmax, fmax).to(E4M3), scale.reciprocal()
+
+
+def _column_major(x8: Tensor) -> Tensor:
+    """The same matrix laid out column-major: FP8 GEMMs take their second operand only that way."""
+    return x8.t().contiguous().t()
+
+
+def _fp8_mm(a: Tensor, b: Tensor, unscale_a: Tensor, unscale_b: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``a @ b`` on FP8 tensor cores (a row-major, b column-major), dequantized by the two scales."""
+    return torch._scaled_mm(a, b, scale_a=unscale_a, scale_b=unscale_b,  # pyright: ignore[reportPrivateImportUsage]
+                            out_dtype=out_dtype)
+
+
+@dataclass(frozen=True)
+class _E4M3Weight:
+    """The head weight cast once per step: row-major for ``h @ W.T``, column-major for ``grad @ W``."""
+
+    rows: Tensor
+    cols: Tensor
+    unscale: Tensor
+
+    @classmethod
+    def of(cls, weight: Tensor) -> _E4M3Weight:
+        rows, unscale = _to_e4m3(weight)
+        return cls(rows, _column_major(rows), unscale)
+
+
 def default_chunk_size(vocab_size: int) -> int:
     """Tokens per chunk for ~`CHUNK_LOGITS_BYTES` of fp32 logits, a multiple of 256 (GEMM-friendly), >= 256."""
     return max(256, (CHUNK_LOGITS_BYTES // (4 * vocab_size)) // 256 * 256)
 
 
 def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h: bool,
-             need_w: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+             need_w: bool, fp8: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Mean loss over counted tokens and, when asked, its gradients wrt h [N, D] and weight [V, D]."""
     counted = (targets != IGNORE_INDEX).sum().clamp(min=1).float()
     total = h.new_zeros((), dtype=torch.float32)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    w8 = _E4M3Weight.of(weight) if fp8 else None
+    grad_unscale = (counted * FP8_GRAD_SCALE).reciprocal()  # undoes the static scale and takes the mean
     for start in range(0, h.shape[0], chunk_size):
         h_c, t_c = h[start:start + chunk_size], targets[start:start + chunk_size]
-        logits = (h_c @ weight.t()).float()  # [C, V]
+        h8, h_unscale = _to_e4m3(h_c) if w8 is not None else (h_c, counted)  # (bf16 uses neither)
+        if w8 is not None:
+            logits = _fp8_mm(h8, w8.rows.t(), h_unscale, w8.unscale, torch.float32)  # [C, V]
+        else:
+            logits = (h_c @ weight.t()).float()  # [C, V]
         lse = torch.logsumexp(logits, dim=-1)
         valid = t_c != IGNORE_INDEX
         safe = t_c.clamp(min=0)[:, None]  # ignored rows pick class 0; `valid` zeroes them below
@@ -54,6 +109,13 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
         # d(mean loss)/d(logits) = (softmax - onehot(target)) / counted, zero on ignored rows; in place.
         grad = logits.sub_(lse[:, None]).exp_()
         grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
+        if w8 is not None:
+            g8 = grad.mul_((valid * FP8_GRAD_SCALE)[:, None]).to(E5M2)  # 1/counted goes into grad_unscale
+            if grad_h is not None:
+                grad_h[start:start + chunk_size] = _fp8_mm(g8, w8.cols, grad_unscale, w8.unscale, h.dtype)
+            if grad_w is not None:
+                grad_w += _fp8_mm(g8.t().contiguous(), _column_major(h8), grad_unscale, h_unscale, torch.float32)
+            continue
         grad = grad.mul_((valid / counted)[:, None]).to(weight.dtype)
         if grad_h is not None:
             grad_h[start:start + chunk_size] = grad @ weight
@@ -69,8 +131,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int,  # type: ignore[override]
-                need_h: bool, need_w: bool) -> Tensor:
-        loss, grad_h, grad_w = _chunked(h, weight, targets, chunk_size, need_h, need_w)
+                need_h: bool, need_w: bool, fp8: bool) -> Tensor:
+        loss, grad_h, grad_w = _chunked(h, weight, targets, chunk_size, need_h, need_w, fp8)
         ctx.save_for_backward(grad_h, grad_w)
         return loss
 
@@ -79,16 +141,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         scale = grad_loss.float()
         return (None if grad_h is None else (grad_h * scale).to(grad_h.dtype),
-                None if grad_w is None else (grad_w * scale).to(grad_w.dtype), None, None, None, None)
+                None if grad_w is None else (grad_w * scale).to(grad_w.dtype), None, None, None, None, None)
 
 
-def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int | None = None) -> Tensor:
+def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int | None = None,
+                         fp8: bool = False) -> Tensor:
     """Mean cross-entropy of ``h @ weight.T`` against `targets` (IGNORE_INDEX rows skipped; 0 if none count).
 
     h: [..., D] hidden states after the final norm; weight: [V, D] the output head (the embedding
     table when tied); targets: [...] class ids. Under autocast, h and weight are cast to the
     autocast dtype first, as ``nn.Linear`` would be (the cast is differentiable, so the fp32
-    master weight gets its gradient). Without autograd (validation) only the loss is computed.
+    master weight gets its gradient). Without autograd (validation) only the loss is computed,
+    and in the weights' own precision even with `fp8`: FP8 is how a step trains, the loss of the
+    weights it learned is measured exactly (and an exported model runs its head in bf16 anyway).
+    `fp8` needs the token count, chunk size, D and V to be multiples of 16.
     """
     h, targets = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if torch.is_autocast_enabled(h.device.type):
@@ -99,4 +165,10 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk_size:
     need_h, need_w = grad_on and h.requires_grad, grad_on and weight.requires_grad
     if not (need_h or need_w):
         return _chunked(h, weight, targets, chunk, False, False)[0]
-    return _LinearCrossEntropy.apply(h, weight, targets, chunk, need_h, need_w)
+    if fp8:
+        dims = {"tokens": h.shape[0], "chunk size": chunk, "hidden dim": h.shape[1], "vocab": weight.shape[0]}
+        odd = [f"{name} {n}" for name, n in dims.items() if n % FP8_ALIGN]
+        if odd:
+            raise ValueError(f"FP8 head needs multiples of {FP8_ALIGN}; got {', '.join(odd)} "
+                             "(pad the vocabulary / sequence, or set run.fp8_head=false)")
+    return _LinearCrossEntropy.apply(h, weight, targets, chunk, need_h, need_w, fp8)

@@ -217,6 +217,8 @@ class Llama(nn.Module):
         self.fused_loss_chunk: int | None = None
         """Tokens per chunk of the fused head + loss (`model.fused_loss`), or None for the plain loss over
         full logits. How the loss is computed, not what the model is: the trainer sets it (run.fused_loss)."""
+        self.fused_loss_fp8 = False
+        """The fused head's matmuls on FP8 tensor cores (run.fp8_head; training steps only)."""
         # Not persistent: recomputed from the config, so checkpoints carry weights only.
         rope_cos, rope_sin = precompute_rope(cfg)
         self.register_buffer("rope_cos", rope_cos, persistent=False)
@@ -289,7 +291,8 @@ class Llama(nn.Module):
         if targets is not None and self.fused_loss_chunk is not None:
             if loss_mask is not None:
                 targets = targets.masked_fill(~loss_mask.bool(), IGNORE_INDEX)
-            return None, linear_cross_entropy(h, self.output.weight, targets, self.fused_loss_chunk)
+            return None, linear_cross_entropy(h, self.output.weight, targets, self.fused_loss_chunk,
+                                              fp8=self.fused_loss_fp8)
         logits = self.output(h)
         return logits, (None if targets is None else self.loss(logits, targets, loss_mask))
 

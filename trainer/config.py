@@ -219,6 +219,12 @@ class RunSection:
     """Which block linears an fp8-* run converts (the head never is; dims must be multiples of 16).
     auto: only those large enough to gain, by torchao's H100 thresholds per recipe (torchtitan's
     ``auto_filter_small_kn``); all: every one. Part of what is learned, like `precision`."""
+    fp8_head: bool = False
+    """With an fp8-* precision and run.fused_loss: the output head's three matmuls in FP8 too
+    (tensorwise; `model.fused_loss`), its largest bf16 GEMMs left at a 128k vocabulary. torchtitan
+    and torchao keep the head in bf16 by default; this is the measured opt-in (README's GPU frontier
+    gives its speed and its 1000-step loss). Validation still computes the head's loss exactly.
+    Part of what is learned, like `precision`."""
     fused_loss: bool = runtime_field(False)
     """Compute the output head and cross-entropy in chunks of tokens with their gradients
     (`model.fused_loss`), so the [tokens, vocab] logits are never materialized: at a 128k vocab
@@ -265,6 +271,9 @@ class RunSection:
         _check(self.ac_every >= 1, "run.ac_every", f"must be >= 1, got {self.ac_every}")
         _check(self.fused_loss_chunk >= 0, "run.fused_loss_chunk",
                f"must be >= 0 (0 = auto), got {self.fused_loss_chunk}")
+        _check(not self.fp8_head or (self.precision != "bf16" and self.fused_loss), "run.fp8_head",
+               f"needs an fp8-* run.precision and run.fused_loss=true (the FP8 head lives in the fused loss), "
+               f"got run.precision = {self.precision!r}, run.fused_loss = {self.fused_loss}")
         _check(self.precision == "bf16" or self.dtype == "bfloat16", "run.precision",
                f"= {self.precision!r} needs run.dtype = 'bfloat16' (FP8 matmuls take and give bf16), "
                f"got run.dtype = {self.dtype!r}")

@@ -432,7 +432,7 @@ class Trainer:
         log.info("%s: %.2fM params, %.2fM trainable | %d rank(s), parallel=%s, %s (%s) on %s, %s weights%s",
                  recipe.kind, n_total / 1e6, n_trainable / 1e6, dist.world_size, dist.mode,
                  compute_dtype(dist, cfg.run), cfg.run.precision, dist.device, cfg.run.param_dtype,
-                 ", fused loss" if cfg.run.fused_loss else "")
+                 (", fused loss" if cfg.run.fused_loss else "") + (" (fp8 head)" if cfg.run.fp8_head else ""))
         self.checkpointer = Checkpointer(self.out_dir, cfg, self.parts, self.optimizer, dist,
                                          on_record=self.log_checkpoint)
         self.state = self.checkpointer.resume()

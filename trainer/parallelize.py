@@ -136,6 +136,7 @@ def apply_loss_and_precision(model: Llama, run: RunSection, dist: DistEnv) -> No
             raise KilnError("train config: run.fused_loss needs a plain output head; drop 'output' from "
                             "lora.targets or set run.fused_loss=false")
         model.fused_loss_chunk = run.fused_loss_chunk or default_chunk_size(model.cfg.vocab_size)
+        model.fused_loss_fp8 = run.fp8_head
     if run.precision != "bf16":
         float8.check_fp8_device(dist.device)
         if not run.compile:

@@ -59,6 +59,18 @@ def test_torchtitan_comparison_uses_untied_kiln_rows_and_its_best_bf16():
     assert summary(kiln("1b", 500.0, tied=True), tt("1b", 100.0))["best_1b_speedup_vs_torchtitan_bf16"] is None
 
 
+def test_fp8_head_rows_count_for_the_best_1b_only_once_their_loss_is_measured_within_the_goal():
+    rows = [gf.normalize(r) for r in (kiln("1b", 130.0, tied=False, precision="fp8-tensorwise"),
+                                      kiln("1b", 140.0, tied=False, precision="fp8-tensorwise", fused_loss=True,
+                                           fp8_head=True), tt("1b", 100.0))]
+    best = "best_1b_speedup_vs_torchtitan_bf16"
+    assert gf.summarize(rows)[best] == pytest.approx(1.3)  # no convergence run yet
+    assert gf.summarize(rows, {"fp8_head_loss_rel_diff": 0.012})[best] == pytest.approx(1.3)
+    doc = gf.summarize(rows, {"fp8_head_loss_rel_diff": 0.004})
+    assert doc[best] == pytest.approx(1.4) and "fp8-head" in doc["figure_sources"][best]
+    assert doc["fp8_head_loss_rel_diff"] == 0.004 and "fp8_head_loss_rel_diff" not in doc["goals"]
+
+
 def test_8b_comparison_with_fp32_weights_only_is_reported_beside_the_best():
     doc = summary(kiln("llama3.1-8b", 120.0, seq=4096, param_dtype="bfloat16"),
                   kiln("llama3.1-8b", 96.0, seq=4096), tt("8b", 100.0, seq=4096))

@@ -173,12 +173,14 @@ def test_cuda_fp8_forward_backward_tracks_bf16(precision):
 
 @pytest.mark.gpu
 @needs_fp8_gpu
-@pytest.mark.parametrize("precision", ["fp8-tensorwise", "fp8-rowwise"])
-def test_cuda_fp8_pretrain_run_learns_and_records_its_precision(pattern_data, tmp_path, precision):
+@pytest.mark.parametrize(("precision", "head"), [("fp8-tensorwise", False), ("fp8-rowwise", False),
+                                               ("fp8-tensorwise", True)])
+def test_cuda_fp8_pretrain_run_learns_and_records_its_precision(pattern_data, tmp_path, precision, head):
     from trainer.pretrain import main
 
     args = train_args(pattern_data, tmp_path, "run.device=cuda", "run.compile=true", "run.dtype=bfloat16",
-                      f"run.precision={precision}", "run.fp8_filter=all", "run.fused_loss=true")
+                      f"run.precision={precision}", "run.fp8_filter=all", "run.fused_loss=true",
+                      f"run.fp8_head={str(head).lower()}")
     assert main(args) == 0
     losses = train_losses(tmp_path)
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0] - 0.5

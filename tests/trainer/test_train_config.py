@@ -61,6 +61,9 @@ def test_runtime_fields_stay_out_of_the_artifact_key():
     # FP8 rounds inside the block matmuls: a different run, a different artifact.
     assert canonical_dict(load_config(TrainConfig, None, ["run.precision=fp8-rowwise"])) != base
     assert canonical_dict(load_config(TrainConfig, None, ["run.fp8_filter=all"])) != base
+    fp8 = ["run.precision=fp8-tensorwise", "run.fused_loss=true"]
+    assert (canonical_dict(load_config(TrainConfig, None, [*fp8, "run.fp8_head=true"]))
+            != canonical_dict(load_config(TrainConfig, None, fp8)))
 
 
 def test_fp8_configs_validate_without_a_gpu_or_torchao():
@@ -68,3 +71,8 @@ def test_fp8_configs_validate_without_a_gpu_or_torchao():
     assert cfg.run.precision == "fp8-tensorwise"  # the device is checked when the model is built
     with pytest.raises(KilnError, match=r"run\.precision.*bfloat16"):
         load_config(TrainConfig, None, ["run.precision=fp8-rowwise", "run.dtype=float32"])
+    assert load_config(TrainConfig, None, ["run.precision=fp8-rowwise", "run.fused_loss=true",
+                                           "run.fp8_head=true"]).run.fp8_head
+    for missing in (["run.precision=fp8-tensorwise"], ["run.fused_loss=true"]):
+        with pytest.raises(KilnError, match=r"run\.fp8_head.*needs an fp8-\* run\.precision and run\.fused_loss"):
+            load_config(TrainConfig, None, [*missing, "run.fp8_head=true"])
