@@ -85,6 +85,8 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
         row["fused_loss_chunk"] = d["fused_loss_chunk"]
     if d.get("fp8_head"):
         row["fp8_head"] = True
+    if d.get("sdpa_backend", "auto") != "auto":
+        row["sdpa_backend"] = d["sdpa_backend"]
     if "error" in d:
         row["error"] = d["error"]
     return row
@@ -162,6 +164,7 @@ def _label(r: dict[str, Any]) -> str:
     extra += ["fused-loss"] if r["fused_loss"] else []
     extra += [f"fp8-filter={r['fp8_filter']}"] if r.get("fp8_filter") not in (None, "auto") else []
     extra += ["fp8-head"] if r.get("fp8_head") else []
+    extra += [f"sdpa={r['sdpa_backend']}"] if r.get("sdpa_backend") else []
     extra += ["tied"] if r["tied"] else []
     extra += ["bf16-weights"] if r.get("param_dtype") == "bfloat16" else []
     extra += ["kahan"] if r.get("bf16_update") == "kahan" else []

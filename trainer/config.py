@@ -240,6 +240,10 @@ class RunSection:
     minutes more compile the first time (cached afterwards), faster only where it finds better
     kernels -- on an H200 with torch 2.11 cuBLAS won every GEMM it tried at 1B and 125M (README's GPU
     frontier). No CUDA graphs: FSDP's hooks and the loader's host copies do not capture."""
+    sdpa_backend: Literal["auto", "flash"] = runtime_field("auto")
+    """Attention kernel on CUDA. auto: PyTorch's choice (cuDNN's flash attention on Hopper with torch
+    2.11); flash: PyTorch's own FlashAttention-2 kernels (cuDNN attention switched off for the process),
+    for head sizes where they are faster -- measured in the README's GPU frontier."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = runtime_field("auto")
     """Data parallelism across torchrun ranks; auto = fsdp on CUDA, ddp on CPU, none for 1 rank.
     fsdp also works in one process (a 1-rank group): bf16 params once per step instead of autocast."""

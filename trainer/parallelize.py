@@ -165,6 +165,12 @@ def apply_activation_checkpointing(model: Llama, every: int = 1) -> None:
             model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
+def select_attention_backend(run: RunSection) -> None:
+    """run.sdpa_backend: flash switches cuDNN attention off for this process, so SDPA picks FlashAttention-2
+    (before compile: the kernel is chosen when a graph is traced)."""
+    torch.backends.cuda.enable_cudnn_sdp(run.sdpa_backend == "auto")
+
+
 def apply_param_dtype(model: nn.Module, run: RunSection) -> None:
     """Cast the weights to run.param_dtype (bf16 weights: `trainer.optim.StochasticRoundingAdamW`).
 
@@ -206,6 +212,7 @@ def parallelize(model: Llama, run: RunSection, dist: DistEnv) -> nn.Module:
     FSDP works on a meta-device model (materialize afterwards with `to_empty` +
     `init_weights`); DDP needs a materialized one. `build_model` does both right.
     """
+    select_attention_backend(run)
     apply_param_dtype(model, run)
     apply_loss_and_precision(model, run, dist)
     if run.activation_checkpointing:

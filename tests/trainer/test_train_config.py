@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from kiln.config import canonical_dict, load_config
 from kiln.errors import KilnError
@@ -76,3 +77,18 @@ def test_fp8_configs_validate_without_a_gpu_or_torchao():
     for missing in (["run.precision=fp8-tensorwise"], ["run.fused_loss=true"]):
         with pytest.raises(KilnError, match=r"run\.fp8_head.*needs an fp8-\* run\.precision and run\.fused_loss"):
             load_config(TrainConfig, None, [*missing, "run.fp8_head=true"])
+
+
+def test_sdpa_backend_is_runtime_only_and_flash_switches_cudnn_attention_off():
+    from trainer.parallelize import select_attention_backend
+
+    base = canonical_dict(TrainConfig())
+    flash = load_config(TrainConfig, None, ["run.sdpa_backend=flash"])
+    assert canonical_dict(flash) == base  # the same math, another kernel
+    try:
+        select_attention_backend(flash.run)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        select_attention_backend(TrainConfig().run)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
