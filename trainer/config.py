@@ -137,9 +137,9 @@ class OptimSection:
     """With run.param_dtype = "bfloat16": how each new weight becomes bf16 (`trainer.optim`).
     stochastic: rounded up or down at random, unbiased (12 bytes a parameter with AdamW); kahan:
     rounded to nearest with the dropped part kept in a bf16 buffer and added to the next update
-    (14 bytes a parameter; no rounding noise). Measured on the 1B shape over 1000 steps, neither
-    matches fp32 weights: stochastic +1.4 % final loss (2026-12-03), kahan +1.9 % (12-04, its own
-    reference), and kahan's update is slower (README's GPU frontier). Part of what is learned;
+    (14 bytes a parameter; no rounding noise, and a slower optimizer step). Measured on the 1B
+    shape over 1000 steps against fp32 weights: stochastic +1.4 % final loss, kahan +0.5 % (within
+    the spread of repeated fp32-weight runs; README's GPU frontier). Part of what is learned;
     ignored with fp32 weights."""
 
     def __post_init__(self) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU call 13 (2026-12-04): the Kahan bf16 update on the GPU. Its CUDA tests (5 passed); 1000 steps of bf16 compute
 # with fp32 weights against bf16 weights with Kahan residuals, from the same initial weights on the same real tokens
-# (carry .whl and .devdata): +1.9 % final val loss; then the 8B shape with Kahan bf16 weights at micro-batch 1 and 2
-# (9,094 and 10,169 tok/s; micro-batch 2 peaks at 140.6 GB). One tarball.
+# (carry .whl and .devdata): +1.9 % final val loss against this call's reference, which turned out the outlier of
+# three bf16 runs (calls 15, 16: +0.5 % against their median); then the 8B shape with Kahan bf16 weights at
+# micro-batch 1 and 2 (9,094 and 10,169 tok/s; micro-batch 2 peaks at 140.6 GB). One tarball.
 set -u
 R=/tmp/r13; NAME=call13
 # shellcheck source=lib.sh

@@ -5,6 +5,7 @@
 # First Kiln's best 1B in that clean configuration (untied, fp32 weights, FP8 on all block linears, 16384-token
 # loss chunks), then 1000 steps each of a repeat of the bf16 reference and of that FP8 configuration on the same
 # real tokens (carry .whl and .devdata). One tarball.
+# Result: 82,021 tok/s; bf16 repeat val 4.960, FP8 on all block linears 4.976.
 set -u
 R=/tmp/r15; NAME=call15; BUDGET=560
 # shellcheck source=lib.sh

@@ -24,7 +24,7 @@ for param_dtype in ("float32", "bfloat16"):
     run = RunSection(device="cuda", dtype="bfloat16", param_dtype=param_dtype, parallel="fsdp")
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cuda"), mode="fsdp")
     _, raw = build_model(cfg, run, env)
-    weights[param_dtype] = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().float().cpu()
+    weights[param_dtype] = {n: getattr(p, "full_tensor", lambda p=p: p)().detach().float().cpu()
                             for n, p in raw.named_parameters()}
     del raw
     torch.cuda.empty_cache()

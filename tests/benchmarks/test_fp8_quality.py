@@ -35,3 +35,17 @@ def test_report_compares_with_the_first_run_and_names_the_figure(tmp_path):
     assert comparison["within_1pct"] is False and comparison["diverged"] is False
     assert doc["bf16_weights_loss_rel_diff"] == pytest.approx(0.014) and "fp8_loss_rel_diff" not in doc
     assert json.loads((tmp_path / "out.json").read_text()) == doc
+
+
+def test_several_references_compare_against_their_median_and_report_their_spread(tmp_path):
+    refs = [_metrics(tmp_path / f"bf16-{i}.jsonl", 5.0, val) for i, val in enumerate((4.89, 4.96, 4.975))]
+    other = _metrics(tmp_path / "fp8.jsonl", 5.0, 4.97)
+    doc = q.report([*refs, other], None, None, figure="fp8_head_loss_rel_diff", references=3)
+    assert doc["reference"] == ["bf16-0", "bf16-1", "bf16-2"]
+    assert doc["reference_median"]["final_val_loss"] == 4.96  # the outlying 4.89 neither passes nor fails it
+    assert doc["reference_spread"]["final_val_loss"] == pytest.approx((4.975 - 4.89) / 4.96, abs=1e-5)
+    assert list(doc["comparisons"]) == ["fp8"]
+    assert doc["fp8_head_loss_rel_diff"] == pytest.approx(0.01 / 4.96, abs=1e-5)
+    assert q.report([refs[0], other], None, None)["comparisons"]["fp8"]["within_1pct"] is False  # one ref: 1.6 %
+    with pytest.raises(SystemExit, match="--references 3"):
+        q.report(refs[:2], None, None, references=3)

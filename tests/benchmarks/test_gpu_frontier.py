@@ -72,8 +72,9 @@ def test_fp8_head_rows_count_for_the_best_1b_only_once_their_loss_is_measured_wi
 
 
 def test_8b_comparison_with_fp32_weights_only_is_reported_beside_the_best():
-    doc = summary(kiln("llama3.1-8b", 120.0, seq=4096, param_dtype="bfloat16"),
-                  kiln("llama3.1-8b", 96.0, seq=4096), tt("8b", 100.0, seq=4096))
+    rows = [gf.normalize(r) for r in (kiln("llama3.1-8b", 120.0, seq=4096, param_dtype="bfloat16"),
+                                      kiln("llama3.1-8b", 96.0, seq=4096), tt("8b", 100.0, seq=4096))]
+    doc = gf.summarize(rows, {"bf16_weights_loss_rel_diff": 0.006})
     assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(1.2)
     assert doc["speedup_8b_vs_torchtitan_fp32_weights"] == pytest.approx(0.96)
     assert "speedup_8b_vs_torchtitan_fp32_weights" not in doc["goals"]
@@ -133,7 +134,8 @@ def test_results_json_of_several_device_calls_summarize_together(tmp_path):
 def test_an_earlier_frontier_json_carries_its_rows_and_ceiling_into_a_new_summary(tmp_path):
     """Later device calls add rows to an earlier gpu_frontier.json; bf16-weight and every-N-block rows are labeled."""
     earlier = gf.summarize([gf.normalize(tt("8b", 5000.0, mb=1, seq=4096))],
-                           {"matmul_ceiling": {"tflops_median": 700.0}, "fp8_loss_rel_diff": 0.004})
+                           {"matmul_ceiling": {"tflops_median": 700.0}, "fp8_loss_rel_diff": 0.004,
+                            "bf16_weights_loss_rel_diff": 0.008})
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     new = kiln("llama3.1-8b", 6000.0, mb=1, seq=4096, mfu=0.5, param_dtype="bfloat16", ac_every=2)
     new["activation_checkpointing"] = True
@@ -154,3 +156,21 @@ def test_bf16_weights_loss_is_carried_without_a_goal_and_compile_modes_do_not_pa
     assert doc["bf16_weights_loss_rel_diff"] == 0.0138 and "bf16_weights_loss_rel_diff" not in doc["goals"]
     assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(1.2)  # the max-autotune row has no default partner
     assert "chunk16384" in doc["figure_sources"]["fp8_speedup_vs_kiln_bf16"]
+
+
+def test_quality_gate_keeps_rows_whose_loss_cost_is_unmeasured_or_over_1_percent_out_of_the_goal_figures():
+    """bf16 weights (stochastic, Kahan) and the FP8 head count only with a measured loss within 1 %."""
+    rows = [gf.normalize(r) for r in (
+        kiln("llama3.1-8b", 7000.0, mb=1, seq=4096, mfu=0.36),
+        kiln("llama3.1-8b", 11000.0, mb=2, seq=4096, mfu=0.56, param_dtype="bfloat16"),
+        kiln("llama3.1-8b", 10000.0, mb=2, seq=4096, mfu=0.52, param_dtype="bfloat16", bf16_update="kahan"),
+        kiln("llama3.1-8b", 13000.0, mb=2, seq=4096, precision="fp8-tensorwise", param_dtype="bfloat16"),
+        tt("8b", 7500.0, seq=4096))]
+    measured = {"bf16_weights_loss_rel_diff": 0.014, "kahan_weights_loss_rel_diff": 0.005}
+    doc = gf.summarize(rows, measured)
+    assert doc["mfu_8b"] == pytest.approx(0.52) and "kahan" in doc["figure_sources"]["mfu_8b"]
+    assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(10000 / 7500)
+    # FP8 over bf16 pairs the same weight handling (stochastic with stochastic) and is not gated
+    assert doc["fp8_speedup_8b"] == pytest.approx(13000 / 11000)
+    assert gf.summarize(rows)["mfu_8b"] == pytest.approx(0.36)  # nothing measured: fp32 weights only
+    assert gf.quality_ok(rows[1], {"bf16_weights_loss_rel_diff": 0.009})
