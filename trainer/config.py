@@ -225,7 +225,8 @@ class RunSection:
     """With an fp8-* precision and run.fused_loss: the output head's three matmuls in FP8 too
     (tensorwise; `model.fused_loss`), its largest bf16 GEMMs left at a 128k vocabulary. torchtitan
     and torchao keep the head in bf16 by default; this is the measured opt-in (README's GPU frontier
-    gives its speed and its 1000-step loss). Validation still computes the head's loss exactly.
+    gives its speed and its 1000-step loss). Validation still computes the head's loss exactly, and
+    DPO, which scores whole sequences from full logits, does not use the fused loss at all.
     Part of what is learned, like `precision`."""
     fused_loss: bool = runtime_field(False)
     """Compute the output head and cross-entropy in chunks of tokens with their gradients
