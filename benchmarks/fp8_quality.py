@@ -119,15 +119,19 @@ def report(paths: list[Path], json_out: Path | None, png: Path | None,
     the worst difference."""
     if not 1 <= references <= len(paths):
         raise SystemExit(f"--references {references}: needs 1 <= N <= the number of files ({len(paths)})")
+    stems = [p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        raise SystemExit(f"runs are named by their file stems, and these repeat: {sorted(stems)}; rename the files")
     runs = {p.stem: summarize(p) for p in paths}
-    ref_names = [p.stem for p in paths[:references]]
+    ref_names = stems[:references]
     ref_runs = [runs[name] for name in ref_names]
     ref = {key: _median([r[key] for r in ref_runs]) for key in ("final_train_loss", "final_val_loss")}
     result: dict[str, Any] = {"reference": ref_names[0] if references == 1 else ref_names, "runs": runs,
                               "comparisons": {}}
-    if references > 1:
+    if references > 1:  # each loss's median on its own: the train and val medians may come from two runs
         result["reference_median"] = ref
         result["reference_spread"] = {key: _spread([r[key] for r in ref_runs]) for key in ref}
+        result["diverged_references"] = [name for name, r in zip(ref_names, ref_runs, strict=True) if r["diverged"]]
     for name, run in runs.items():
         if name in ref_names:
             continue
@@ -157,7 +161,7 @@ def _median(values: Sequence[float | None]) -> float | None:
 def _spread(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     middle = _median(known)
-    return round((max(known) - min(known)) / middle, 5) if known and middle else None
+    return round((max(known) - min(known)) / middle, 5) if len(known) > 1 and middle else None
 
 
 def plot(paths: list[Path], png: Path) -> None:

@@ -18,8 +18,8 @@ How the figures pair rows (all on each shape's own vocab, failed rows left out):
   llama3 is untied; like with like) over torchtitan's fastest 1b bf16 row, at the same seq_len.
 - ``speedup_8b_vs_torchtitan``: Kiln's fastest 8b bf16 over torchtitan's fastest 8b bf16, same seq_len;
   ``speedup_8b_vs_torchtitan_fp32_weights`` the same with Kiln's fp32-weights rows only (no goal).
-- ``fp8_speedup_8b``: Kiln's fastest 8b FP8 over Kiln's fastest 8b bf16 with the same weight handling
-  (param_dtype, bf16_update), same seq_len.
+- ``fp8_speedup_8b``: for each weight handling (param_dtype, bf16_update), Kiln's fastest 8b FP8 over
+  its fastest 8b bf16, same seq_len; the best of those.
 - ``mfu_8b`` / ``mfu_125m``: Kiln's best bf16 MFU (989 TFLOP/s spec) on that shape.
 Where several seq_lens pair up, a speedup is the smallest of them (it must hold at each).
 
@@ -30,7 +30,10 @@ that difference within the FP8 loss goal (1 %): the FP8 head (run.fp8_head) by
 ``fp8_head_loss_rel_diff``, bf16 weights by ``bf16_weights_loss_rel_diff`` (stochastic rounding) or
 ``kahan_weights_loss_rel_diff`` (Kahan). FP8 block linears are the issue's own subject, gated by its
 ``fp8_loss_rel_diff`` goal. The FP8-over-bf16 speedups compare rows of the same weight handling and
-are not gated: they measure what FP8 adds to a recipe.
+are not gated: they measure what FP8 adds to a recipe. Each change is measured on its own at 1B with a
+32k vocabulary (the tokenizer the quality runs train with), and against the median of repeated bf16
+runs, whose own spread (1.7 % on 2026-12-04) is wider than the 1 % limit: one run per change cannot
+resolve a difference that small, so the gate admits what was measured inside the noise.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import Any
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 spec
 ROW_KEYS = ("system", "shape", "precision", "micro_batch", "seq_len", "tokens_per_s", "mfu", "peak_mem_gb")
 PAIR_KEYS = ("tied", "compile", "compile_mode", "fused_loss", "activation_checkpointing", "vocab_size", "param_dtype",
-             "bf16_update")
+             "bf16_update", "sdpa_backend")
 SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "llama3.1-8b": "8b", "8b": "8b", "debug": "debug",
             "tiny": "tiny"}
 VOCAB = {"125m": 32000, "1b": 128256, "8b": 128256}
@@ -58,8 +61,8 @@ GOALS: dict[str, tuple[float, bool]] = {
     "fp8_loss_rel_diff": (0.01, False), "mfu_8b": (0.40, True), "speedup_8b_vs_torchtitan": (1.1, True),
     "fp8_speedup_8b": (1.2, True), "mfu_125m": (0.50, True), "checkpoint_stall_s_1b": (0.5, False),
 }
-MEASURED_FIGURES = ("fp8_loss_rel_diff", "fp8_head_loss_rel_diff", "bf16_weights_loss_rel_diff",
-                    "kahan_weights_loss_rel_diff", "checkpoint_stall_s_1b")
+MEASURED_FIGURES = ("fp8_loss_rel_diff", "fp8_all_loss_rel_diff", "fp8_head_loss_rel_diff",
+                    "bf16_weights_loss_rel_diff", "kahan_weights_loss_rel_diff", "checkpoint_stall_s_1b")
 """Taken from the JSON that measured them (the convergence runs', the checkpoint benchmark's)."""
 
 
@@ -117,10 +120,14 @@ def _collect(data: Any, rows: list[dict[str, Any]], extras: dict[str, Any]) -> N
         return
     if data.get("benchmark") == "matmul_ceiling":
         extras["matmul_ceiling"] = data
+    earlier = isinstance(data.get("rows"), list)  # an earlier gpu_frontier.json
     for key in MEASURED_FIGURES:
         if data.get(key) is not None:
-            extras[key] = data[key]
-    if isinstance(data.get("rows"), list):  # an earlier gpu_frontier.json: its rows and ceiling carry over
+            if earlier:  # carried over, but a measurement's own JSON read in the same folder wins
+                extras.setdefault(key, data[key])
+            else:
+                extras[key] = data[key]
+    if earlier:  # its rows and ceiling carry over
         rows += [normalize(r) for r in data["rows"] if isinstance(r, dict)]
         if data.get("matmul_ceiling_tflops") and "matmul_ceiling" not in extras:
             extras["matmul_ceiling"] = {"tflops_median": data["matmul_ceiling_tflops"], "device": data.get("device"),
@@ -199,9 +206,10 @@ def _fp8_same_batch(rows: list[dict[str, Any]]) -> tuple[float | None, str | Non
     fp8, bf16 = _usable(rows, _is_kiln, "1b", _fp8), _usable(rows, _is_kiln, "1b", _bf16)
     pairs = []
     for a in fp8:
-        for b in bf16:
-            if all(a.get(k) == b.get(k) for k in ("micro_batch", "seq_len", *PAIR_KEYS)):
-                pairs.append((a["tokens_per_s"] / b["tokens_per_s"], f"{_label(a)} / {_label(b)}"))
+        partners = [b for b in bf16 if all(a.get(k) == b.get(k) for k in ("micro_batch", "seq_len", *PAIR_KEYS))]
+        if partners:  # against the fastest bf16 row of its settings: a slower repeat must not flatter FP8
+            b = max(partners, key=lambda r: r["tokens_per_s"])
+            pairs.append((a["tokens_per_s"] / b["tokens_per_s"], f"{_label(a)} / {_label(b)}"))
     return max(pairs) if pairs else (None, None)
 
 
@@ -210,13 +218,12 @@ def _weights(r: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _fp8_speedup_same_weights(rows: list[dict[str, Any]], shape: str) -> tuple[float | None, str | None]:
-    """Fastest FP8 row over the fastest bf16 row whose weights are handled the same way."""
-    fp8 = _usable(rows, _is_kiln, shape, _fp8)
-    if not fp8:
-        return None, None
-    best = max(fp8, key=lambda r: r["tokens_per_s"])
-    return _best_ratio_per_seq([best], [r for r in _usable(rows, _is_kiln, shape, _bf16)
-                                        if _weights(r) == _weights(best)])
+    """Per weight handling, fastest FP8 over fastest bf16 (the smallest over seq_lens); the best of those."""
+    fp8, bf16 = _usable(rows, _is_kiln, shape, _fp8), _usable(rows, _is_kiln, shape, _bf16)
+    ratios = [_best_ratio_per_seq([r for r in fp8 if _weights(r) == group], [r for r in bf16 if _weights(r) == group])
+              for group in {_weights(r) for r in fp8}]
+    known = [r for r in ratios if r[0] is not None]
+    return max(known) if known else (None, None)
 
 
 def _best_mfu(rows: list[dict[str, Any]], shape: str) -> tuple[float | None, str | None]:
@@ -252,6 +259,9 @@ def summarize(rows: list[dict[str, Any]], extras: dict[str, Any] | None = None) 
                                        "measured by the convergence run, bf16 against fp32 weights"),
         "kahan_weights_loss_rel_diff": (extras.get("kahan_weights_loss_rel_diff"),
                                         "measured by the convergence run, Kahan bf16 against fp32 weights"),
+        # no goal: FP8 on every block linear (run.fp8_filter = "all"), against the median of bf16 repeats
+        "fp8_all_loss_rel_diff": (extras.get("fp8_all_loss_rel_diff"),
+                                  "measured by the convergence run, FP8 on every block linear against bf16"),
         # no goal of its own; gates the fp8-head rows of best_1b (see the module doc)
         "fp8_head_loss_rel_diff": (extras.get("fp8_head_loss_rel_diff"),
                                    "measured by the convergence run, FP8 blocks and head against bf16"),

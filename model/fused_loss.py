@@ -13,7 +13,7 @@ head (forward, grad wrt h, grad wrt W) and no recompute.
 
 FP8 (``fp8=True``, `run.fp8_head`): the three matmuls run on FP8 tensor cores with tensorwise
 scales, as torchao's recipe does for the block linears: h and the weight in e4m3 with dynamic
-scales (amax of the chunk / of the whole weight), the softmax gradient in e5m2 with a *static*
+scales (amax of all of h / of the whole weight), the softmax gradient in e5m2 with a *static*
 scale -- every entry of ``softmax - onehot`` lies in [-1, 1], so no amax pass over the [C, V]
 gradient is needed. Logits and the weight gradient come out of the GEMM in float32. At 1B with
 an untied 128k head these GEMMs are a fifth of the step's FLOPs, the largest part left in bf16.
@@ -47,10 +47,14 @@ AMAX_EPS = 1e-12  # torchao's floor on an amax, so an all-zero tensor gets a fin
 FP8_ALIGN = 16  # FP8 GEMMs need every dimension a multiple of 16
 
 
-def _to_e4m3(x: Tensor) -> tuple[Tensor, Tensor]:
-    """`x` in e4m3 with one dynamic scale (torchao's tensorwise cast), and the scale that undoes it."""
+def _amax(x: Tensor) -> Tensor:
+    return x.abs().amax().float()
+
+
+def _to_e4m3(x: Tensor, amax: Tensor) -> tuple[Tensor, Tensor]:
+    """`x` in e4m3 with the dynamic scale max/amax (torchao's tensorwise cast), and the scale that undoes it."""
     fmax = torch.finfo(E4M3).max
-    scale = fmax / x.abs().amax().float().clamp(min=AMAX_EPS)
+    scale = fmax / amax.clamp(min=AMAX_EPS)
     return (x.float() * scale).clamp(-fmax, fmax).to(E4M3), scale.reciprocal()
 
 
@@ -67,7 +71,7 @@ def _fp8_mm(a: Tensor, b: Tensor, unscale_a: Tensor, unscale_b: Tensor, out_dtyp
 
 @dataclass(frozen=True)
 class _E4M3Weight:
-    """The head weight cast once per step: row-major for ``h @ W.T``, column-major for ``grad @ W``."""
+    """The head weight cast once per forward: row-major for ``h @ W.T``, column-major for ``grad @ W``."""
 
     rows: Tensor
     cols: Tensor
@@ -75,7 +79,7 @@ class _E4M3Weight:
 
     @classmethod
     def of(cls, weight: Tensor) -> _E4M3Weight:
-        rows, unscale = _to_e4m3(weight)
+        rows, unscale = _to_e4m3(weight, _amax(weight))
         return cls(rows, _column_major(rows), unscale)
 
 
@@ -92,11 +96,15 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
     w8 = _E4M3Weight.of(weight) if fp8 else None
+    # One scale for all of h, not one per chunk, so that the chunk size stays a matter of memory and
+    # speed (a runtime setting), not of what is learned.
+    h_amax = _amax(h) if fp8 else None
     grad_unscale = (counted * FP8_GRAD_SCALE).reciprocal()  # undoes the static scale and takes the mean
     for start in range(0, h.shape[0], chunk_size):
         h_c, t_c = h[start:start + chunk_size], targets[start:start + chunk_size]
-        h8, h_unscale = _to_e4m3(h_c) if w8 is not None else (h_c, counted)  # (bf16 uses neither)
-        if w8 is not None:
+        h8 = h_unscale = None
+        if w8 is not None and h_amax is not None:
+            h8, h_unscale = _to_e4m3(h_c, h_amax)
             logits = _fp8_mm(h8, w8.rows.t(), h_unscale, w8.unscale, torch.float32)  # [C, V]
         else:
             logits = (h_c @ weight.t()).float()  # [C, V]
@@ -109,7 +117,7 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
         # d(mean loss)/d(logits) = (softmax - onehot(target)) / counted, zero on ignored rows; in place.
         grad = logits.sub_(lse[:, None]).exp_()
         grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-        if w8 is not None:
+        if w8 is not None and h8 is not None and h_unscale is not None:
             g8 = grad.mul_((valid * FP8_GRAD_SCALE)[:, None]).to(E5M2)  # 1/counted goes into grad_unscale
             if grad_h is not None:
                 grad_h[start:start + chunk_size] = _fp8_mm(g8, w8.cols, grad_unscale, w8.unscale, h.dtype)

@@ -24,7 +24,8 @@ PACKAGES = ("cli", "flows", "tasks", "trainer", "model", "storage", "kiln")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 COMMAND = re.compile(r"\bkiln ([a-z]+)")
 # A dotted key the text tells the user to set: "key=value", "key = value", "set key", "raise key".
-KEY = re.compile(r"\b([a-z_]+(?:\.[a-z_]+)+)\s*=(?!=)|\b(?:set|raise|lower)\s+([a-z_]+(?:\.[a-z_]+)+)")
+NAME = r"[a-z_][a-z0-9_]*"  # a config field name: digits after the first letter (run.fp8_head)
+KEY = re.compile(rf"\b({NAME}(?:\.{NAME})+)\s*=(?!=)|\b(?:set|raise|lower)\s+({NAME}(?:\.{NAME})+)")
 HOLE = "\x00"  # where an f-string's {value} was: never part of an option or a key
 
 

@@ -246,7 +246,9 @@ class RunSection:
     sdpa_backend: Literal["auto", "flash"] = runtime_field("auto")
     """Attention kernel on CUDA. auto: PyTorch's choice (cuDNN's flash attention on Hopper with torch
     2.11); flash: PyTorch's own FlashAttention-2 kernels (cuDNN attention switched off for the process),
-    for head sizes where they are faster -- measured in the README's GPU frontier."""
+    for head sizes where they are faster -- measured in the README's GPU frontier (slower on an H200 at
+    head_dim 64). FlashAttention-2 takes no explicit mask, so with flash, attention that has one
+    (documents packed with their own masks) runs in another of PyTorch's kernels."""
     parallel: Literal["auto", "none", "ddp", "fsdp"] = runtime_field("auto")
     """Data parallelism across torchrun ranks; auto = fsdp on CUDA, ddp on CPU, none for 1 rank.
     fsdp also works in one process (a 1-rank group): bf16 params once per step instead of autocast."""

@@ -66,6 +66,12 @@ class DPOConfig(FinetuneConfig):
 
     dpo: DPOSection = field(default_factory=DPOSection)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.run.fp8_head:  # it changes the artifact key, so it must not be accepted and then do nothing
+            raise KilnError("train config: run.fp8_head works inside the fused loss, which DPO does not use (it "
+                            "scores whole sequences from full logits); set run.fp8_head=false")
+
 
 def sequence_logps(logits: Tensor, targets: Tensor) -> Tensor:
     """Summed log-probabilities of the labelled targets of each row: [rows, T, V], [rows, T] -> [rows]."""

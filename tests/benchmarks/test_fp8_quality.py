@@ -47,5 +47,10 @@ def test_several_references_compare_against_their_median_and_report_their_spread
     assert list(doc["comparisons"]) == ["fp8"]
     assert doc["fp8_head_loss_rel_diff"] == pytest.approx(0.01 / 4.96, abs=1e-5)
     assert q.report([refs[0], other], None, None)["comparisons"]["fp8"]["within_1pct"] is False  # one ref: 1.6 %
+    assert doc["diverged_references"] == []
     with pytest.raises(SystemExit, match="--references 3"):
         q.report(refs[:2], None, None, references=3)
+    (tmp_path / "again").mkdir()
+    twin = _metrics(tmp_path / "again" / "bf16-0.jsonl", 5.0, 4.9)
+    with pytest.raises(SystemExit, match="file stems"):
+        q.report([refs[0], twin, other], None, None, references=2)

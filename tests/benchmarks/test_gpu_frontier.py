@@ -174,3 +174,24 @@ def test_quality_gate_keeps_rows_whose_loss_cost_is_unmeasured_or_over_1_percent
     assert doc["fp8_speedup_8b"] == pytest.approx(13000 / 11000)
     assert gf.summarize(rows)["mfu_8b"] == pytest.approx(0.36)  # nothing measured: fp32 weights only
     assert gf.quality_ok(rows[1], {"bf16_weights_loss_rel_diff": 0.009})
+
+
+def test_a_measurement_json_beats_the_figure_an_earlier_frontier_carries_whatever_the_file_order(tmp_path):
+    earlier = gf.summarize([gf.normalize(tt("1b", 100.0))], {"fp8_head_loss_rel_diff": 0.02})
+    for name in ("a_frontier.json", "z_frontier.json"):  # read before and after the measurement's file
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(json.dumps(earlier))
+        (folder / "m_fp8_head_quality.json").write_text(json.dumps({"fp8_head_loss_rel_diff": 0.002}))
+        assert gf.summarize(*gf.load_rows(sorted(folder.glob("*.json"))))["fp8_head_loss_rel_diff"] == 0.002
+
+
+def test_fp8_speedups_take_the_fastest_bf16_partner_and_pair_weight_handling():
+    doc = summary(kiln("1b", 120.0, precision="fp8-tensorwise"), kiln("1b", 100.0), kiln("1b", 80.0),  # a slow repeat
+                  kiln("llama3.1-8b", 130.0, seq=4096, precision="fp8-tensorwise", param_dtype="bfloat16",
+                       bf16_update="kahan"),
+                  kiln("llama3.1-8b", 100.0, seq=4096, param_dtype="bfloat16", bf16_update="kahan"),
+                  kiln("llama3.1-8b", 150.0, seq=4096, precision="fp8-tensorwise", param_dtype="bfloat16"),
+                  kiln("llama3.1-8b", 140.0, seq=4096, param_dtype="bfloat16"))
+    assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(1.2)  # 120 / 100, not 120 / 80
+    assert doc["fp8_speedup_8b"] == pytest.approx(1.3)  # Kahan with Kahan; stochastic's 150 / 140 is less

@@ -88,3 +88,12 @@ def test_resume_reuses_the_stored_reference(dpo_setup, dpo_run, tmp_path, monkey
     assert (tmp_path / REFERENCE_FILE).read_bytes() == reference
     straight = [m["loss"] for m in read_metrics(dpo_run / "metrics.jsonl", "train")]
     assert [m["loss"] for m in read_metrics(tmp_path / "metrics.jsonl", "train")] == straight
+
+
+def test_dpo_refuses_the_fp8_head_it_would_not_use():
+    from kiln.config import load_config
+    from kiln.errors import KilnError
+    from trainer.dpo import DPOConfig
+
+    with pytest.raises(KilnError, match=r"DPO does not use.*run\.fp8_head=false"):
+        load_config(DPOConfig, None, ["run.precision=fp8-tensorwise", "run.fused_loss=true", "run.fp8_head=true"])
