@@ -70,17 +70,44 @@ def _fp8_mm(a: Tensor, b: Tensor, unscale_a: Tensor, unscale_b: Tensor, out_dtyp
 
 
 @dataclass(frozen=True)
-class _E4M3Weight:
-    """The head weight cast once per forward: row-major for ``h @ W.T``, column-major for ``grad @ W``."""
+class _Fp8Head:
+    """What one forward's FP8 GEMMs share: the weight cast once, row-major for ``h @ W.T`` and column-major
+    for ``grad @ W``; one amax for all of h, not one per chunk, so that the chunk size stays a matter of
+    memory and speed (a runtime setting), not of what is learned; and the gradient's unscale."""
 
     rows: Tensor
     cols: Tensor
-    unscale: Tensor
+    w_unscale: Tensor
+    h_amax: Tensor
+    grad_unscale: Tensor
 
     @classmethod
-    def of(cls, weight: Tensor) -> _E4M3Weight:
-        rows, unscale = _to_e4m3(weight, _amax(weight))
-        return cls(rows, _column_major(rows), unscale)
+    def of(cls, weight: Tensor, h: Tensor, counted: Tensor) -> _Fp8Head:
+        rows, w_unscale = _to_e4m3(weight, _amax(weight))
+        # undoes the gradient's static scale and takes the mean over counted tokens
+        return cls(rows, _column_major(rows), w_unscale, _amax(h), (counted * FP8_GRAD_SCALE).reciprocal())
+
+    def chunk(self, h_c: Tensor) -> _Fp8Chunk:
+        return _Fp8Chunk(self, *_to_e4m3(h_c, self.h_amax))
+
+
+@dataclass(frozen=True)
+class _Fp8Chunk:
+    """One chunk of h in e4m3, and the chunk's three GEMMs."""
+
+    head: _Fp8Head
+    h8: Tensor
+    h_unscale: Tensor
+
+    def logits(self) -> Tensor:
+        return _fp8_mm(self.h8, self.head.rows.t(), self.h_unscale, self.head.w_unscale, torch.float32)
+
+    def grad_h(self, g8: Tensor, dtype: torch.dtype) -> Tensor:
+        return _fp8_mm(g8, self.head.cols, self.head.grad_unscale, self.head.w_unscale, dtype)
+
+    def grad_w(self, g8: Tensor) -> Tensor:
+        return _fp8_mm(g8.t().contiguous(), _column_major(self.h8), self.head.grad_unscale, self.h_unscale,
+                       torch.float32)
 
 
 def default_chunk_size(vocab_size: int) -> int:
@@ -95,19 +122,11 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
     total = h.new_zeros((), dtype=torch.float32)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-    w8 = _E4M3Weight.of(weight) if fp8 else None
-    # One scale for all of h, not one per chunk, so that the chunk size stays a matter of memory and
-    # speed (a runtime setting), not of what is learned.
-    h_amax = _amax(h) if fp8 else None
-    grad_unscale = (counted * FP8_GRAD_SCALE).reciprocal()  # undoes the static scale and takes the mean
+    head8 = _Fp8Head.of(weight, h, counted) if fp8 else None
     for start in range(0, h.shape[0], chunk_size):
         h_c, t_c = h[start:start + chunk_size], targets[start:start + chunk_size]
-        h8 = h_unscale = None
-        if w8 is not None and h_amax is not None:
-            h8, h_unscale = _to_e4m3(h_c, h_amax)
-            logits = _fp8_mm(h8, w8.rows.t(), h_unscale, w8.unscale, torch.float32)  # [C, V]
-        else:
-            logits = (h_c @ weight.t()).float()  # [C, V]
+        chunk8 = head8.chunk(h_c) if head8 is not None else None
+        logits = chunk8.logits() if chunk8 is not None else (h_c @ weight.t()).float()  # [C, V], fp32
         lse = torch.logsumexp(logits, dim=-1)
         valid = t_c != IGNORE_INDEX
         safe = t_c.clamp(min=0)[:, None]  # ignored rows pick class 0; `valid` zeroes them below
@@ -117,12 +136,12 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
         # d(mean loss)/d(logits) = (softmax - onehot(target)) / counted, zero on ignored rows; in place.
         grad = logits.sub_(lse[:, None]).exp_()
         grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-        if w8 is not None and h8 is not None and h_unscale is not None:
+        if chunk8 is not None:
             g8 = grad.mul_((valid * FP8_GRAD_SCALE)[:, None]).to(E5M2)  # 1/counted goes into grad_unscale
             if grad_h is not None:
-                grad_h[start:start + chunk_size] = _fp8_mm(g8, w8.cols, grad_unscale, w8.unscale, h.dtype)
+                grad_h[start:start + chunk_size] = chunk8.grad_h(g8, h.dtype)
             if grad_w is not None:
-                grad_w += _fp8_mm(g8.t().contiguous(), _column_major(h8), grad_unscale, h_unscale, torch.float32)
+                grad_w += chunk8.grad_w(g8)
             continue
         grad = grad.mul_((valid / counted)[:, None]).to(weight.dtype)
         if grad_h is not None:
