@@ -262,7 +262,7 @@ def summarize(rows: list[dict[str, Any]], extras: dict[str, Any] | None = None) 
         # no goal: FP8 on every block linear (run.fp8_filter = "all"), against the median of bf16 repeats
         "fp8_all_loss_rel_diff": (extras.get("fp8_all_loss_rel_diff"),
                                   "measured by the convergence run, FP8 on every block linear against bf16"),
-        # no goal of its own; gates the fp8-head rows of best_1b (see the module doc)
+        # no goal of its own; gates the fp8-head rows (see the module doc's quality gate)
         "fp8_head_loss_rel_diff": (extras.get("fp8_head_loss_rel_diff"),
                                    "measured by the convergence run, FP8 blocks and head against bf16"),
     }
