@@ -11,7 +11,10 @@ What is measured: the trainer's own `trainer.loop.optimizer_step` with pretraini
 memory as the real loader feeds them (dense compute does not depend on token values).
 After `--warmup` untimed steps (compile, autotune, allocator warm-up), each of
 `--steps` steps is timed with a device synchronize after it; ``tokens_per_s`` is
-tokens per step over the median step time (mean reported too).
+tokens per step over the median step time (mean reported too), measured as the
+baselines' runners measure theirs. Then `--steps` more run back to back with one
+synchronize at the end, as the trainer runs them (it never waits for the device between
+steps): ``tokens_per_s_pipelined`` / ``mfu_pipelined``, without the per-step drain.
 
 - MFU = tokens_per_s per device x `model.flops_per_token` / peak, with the peak
   `--peak-tflops` = 989 TFLOP/s: the H100 SXM dense bf16 spec (1979 is the sparse
@@ -166,6 +169,14 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         _synchronize(dist.device)
         times.append(time.perf_counter() - started)
     timed = times[spec.warmup:]
+    # The trainer itself never waits for the device between steps (the CPU queues the next step
+    # while the GPU works); the same steps again with one synchronize at the end give that rate.
+    started = time.perf_counter()
+    for _ in range(spec.steps):
+        optimizer_step(model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist, run=cfg.run,
+                       grad_clip=cfg.optim.grad_clip)
+    _synchronize(dist.device)
+    pipelined = (time.perf_counter() - started) / spec.steps
     if spec.profile and dist.is_main:
         step = functools.partial(optimizer_step, model, params, optimizer, scaler, batches, step_fn, accum=1,
                                  dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
@@ -183,6 +194,8 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "step_time_s_median": median, "step_time_s_mean": statistics.fmean(timed),
         "tokens_per_s": tokens_per_step / median,
         "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
+        "step_time_s_pipelined": pipelined, "tokens_per_s_pipelined": tokens_per_step / pipelined,
+        "mfu_pipelined": tokens_per_step / pipelined / dist.world_size * fpt / (spec.peak_tflops * 1e12),
         "peak_mem_gb": peak_memory_gb(dist.device), "params": count_params(model_cfg), "flops_per_token": fpt,
         "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
         "param_dtype": spec.param_dtype, "bf16_update": spec.bf16_update, "compile_mode": spec.compile_mode,
@@ -209,6 +222,12 @@ def profile_steps(step: Callable[[], Any], device: torch.device, out_dir: Path, 
             step()
         _synchronize(device)
     wall = time.perf_counter() - started
+    gaps = ""
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            gaps = device_gaps(json.loads(trace.read_text()).get("traceEvents", []))
     averages = prof.key_averages()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = averages.table(sort_by=sort, row_limit=30, max_name_column_width=70)
@@ -218,8 +237,42 @@ def profile_steps(step: Callable[[], Any], device: torch.device, out_dir: Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / name
     out.write_text(f"{spec}\n3 steps: wall {wall:.3f} s, device busy {device_us / 1e6:.3f} s "
-                   f"({100 * device_us / 1e6 / wall:.1f} %)\n\n{table}\n")
+                   f"({100 * device_us / 1e6 / wall:.1f} %)\n\n{table}\n{gaps}")
     return out
+
+
+DEVICE_EVENT_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def device_gaps(events: list[dict[str, Any]], top: int = 15, min_gap_us: float = 5.0) -> str:
+    """Where the device waits: its busy time (the union of kernel/memcpy/memset intervals of a
+    chrome trace), its idle time inside that span, and the longest gaps with the kernels on each
+    side, as text. Idle time, not kernel time, is what CUDA graphs or fewer syncs can win back."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), str(e.get("name", "")))
+                   for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_EVENT_CATEGORIES)
+    if not spans:
+        return "device gaps: no device events in the trace\n"
+    busy, gaps = 0.0, []
+    first = start = spans[0][0]
+    end, last_name = spans[0][1], spans[0][2]  # last_name: the event that ends latest so far
+    for s, e, name in spans[1:]:
+        if s > end:
+            busy += end - start
+            if s - end >= min_gap_us:
+                gaps.append((s - end, last_name, name))
+            start = s
+        if e > end:
+            end, last_name = e, name
+    busy += end - start
+    span = end - first
+    idle = span - busy
+    gaps.sort(reverse=True)
+    lines = [f"device gaps: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {idle / 1e3:.2f} ms "
+             f"({100 * idle / span:.1f} %) in {len(gaps)} gaps >= {min_gap_us:g} us "
+             f"({sum(g for g, _, _ in gaps) / 1e3:.2f} ms)"]
+    for gap, before, after in gaps[:top]:
+        lines.append(f"  {gap:9.1f} us  after {before[:60]}  before {after[:60]}")
+    return "\n".join(lines) + "\n"
 
 
 def run_torchtitan(spec: BenchSpec) -> dict[str, Any]:

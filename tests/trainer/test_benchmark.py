@@ -36,6 +36,24 @@ def test_cpu_smoke_writes_metrics_for_every_variant(bench, tmp_path):
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1 and row["peak_mem_gb"] > 0
         assert len(row["step_times_s"]) == 1 + 3  # warmup + timed
         assert row["tokens_per_step"] == 4 * 128
+        assert row["tokens_per_s_pipelined"] == pytest.approx(4 * 128 / row["step_time_s_pipelined"])
+        assert 0 < row["mfu_pipelined"] < 1
+
+
+def test_device_gaps_adds_up_busy_and_idle_time(bench):
+    """Overlapping kernels count once; gaps are named by the kernel ending last before and the next one."""
+    def ev(name, ts, dur, cat="kernel"):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    events = [ev("mm", 0, 100), ev("side", 10, 20), ev("norm", 100, 50), ev("copy", 400, 10, "gpu_memcpy"),
+              ev("cpu_op", 150, 250, "cpu_op"), ev("adam", 200, 100), ev("tiny", 302, 1)]
+    text = bench.device_gaps(events, min_gap_us=5)
+    # busy: [0, 150] + [200, 300] + [302, 303] + [400, 410] = 261 of a 410 us span
+    assert text.splitlines()[0] == ("device gaps: span 0.41 ms, busy 0.26 ms, idle 0.15 ms (36.3 %) "
+                                    "in 2 gaps >= 5 us (0.15 ms)")
+    assert "97.0 us  after tiny  before copy" in text.splitlines()[1]
+    assert "50.0 us  after norm  before adam" in text.splitlines()[2]
+    assert bench.device_gaps([ev("cpu_op", 0, 5, "cpu_op")]).startswith("device gaps: no device events")
 
 
 @pytest.mark.filterwarnings("ignore:DTensor random operators")  # CPU meshes: harmless for init
