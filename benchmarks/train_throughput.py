@@ -115,8 +115,6 @@ class BenchSpec:
     """run.fp8_head: the fused loss's head matmuls in FP8 too."""
     sdpa_backend: str = "auto"
     """run.sdpa_backend: auto (cuDNN attention on Hopper) or flash (PyTorch's FlashAttention-2)."""
-    fuse_projections: bool = False
-    """run.fuse_projections: q/k/v and gate/up as one GEMM each."""
     profile: str = ""
     """Directory for a PyTorch-profiler table of 3 steps after the timed ones (empty: no profile)."""
 
@@ -136,8 +134,7 @@ def train_config(spec: BenchSpec) -> TrainConfig:
         f"run.fused_loss={str(spec.fused_loss).lower()}", f"run.param_dtype={spec.param_dtype}",
         f"run.ac_every={spec.ac_every}", f"run.compile_mode={spec.compile_mode}",
         f"run.fused_loss_chunk={spec.fused_loss_chunk}", f"optim.bf16_update={spec.bf16_update}",
-        f"run.fp8_head={str(spec.fp8_head).lower()}", f"run.sdpa_backend={spec.sdpa_backend}",
-        f"run.fuse_projections={str(spec.fuse_projections).lower()}", *untie,
+        f"run.fp8_head={str(spec.fp8_head).lower()}", f"run.sdpa_backend={spec.sdpa_backend}", *untie,
     ])
 
 
@@ -222,7 +219,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
         "param_dtype": spec.param_dtype, "bf16_update": spec.bf16_update, "compile_mode": spec.compile_mode,
         "fused_loss_chunk": spec.fused_loss_chunk, "fp8_head": spec.fp8_head,
-        "sdpa_backend": spec.sdpa_backend, "fuse_projections": spec.fuse_projections, "warmup_steps": spec.warmup,
+        "sdpa_backend": spec.sdpa_backend, "warmup_steps": spec.warmup,
         "step_times_s": [round(t, 6) for t in times],
     }
     del model, raw, optimizer, step_fn, params
@@ -350,7 +347,7 @@ def variants(args: argparse.Namespace) -> list[BenchSpec]:
                      args.steps, args.warmup, args.device, args.parallel, args.activation_checkpointing,
                      args.peak_tflops, args.precision, args.fp8_filter, args.fused_loss, args.untied_head,
                      args.param_dtype, args.ac_every, args.compile_mode, args.bf16_update, args.fused_loss_chunk,
-                     args.fp8_head, args.sdpa_backend, args.fuse_projections, args.profile or "")
+                     args.fp8_head, args.sdpa_backend, args.profile or "")
     specs = [dataclasses.replace(base, compile=c) for c in compiles]
     extra = [] if args.vocab_sizes == "none" else [int(v) for v in args.vocab_sizes.split(",")]
     specs += [dataclasses.replace(base, compile=compiles[-1], vocab_size=v) for v in extra]
@@ -407,8 +404,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run.sdpa_backend: flash turns cuDNN attention off so SDPA uses FlashAttention-2")
     p.add_argument("--fp8-head", action="store_true",
                    help="run.fp8_head: the output head's matmuls in FP8 too (needs --precision fp8-* and --fused-loss)")
-    p.add_argument("--fuse-projections", action="store_true",
-                   help="run.fuse_projections: each block's q/k/v and gate/up projections as one GEMM each")
     p.add_argument("--compile-mode", choices=["default", "max-autotune-no-cudagraphs"], default="default",
                    help="run.compile_mode: torch.compile's mode (max-autotune also tunes GEMMs; slower compile)")
     p.add_argument("--untied-head", action="store_true", help="untie the output head from the embeddings")

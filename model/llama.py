@@ -131,11 +131,6 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    fused_projections = False
-    """Run wq, wk and wv as one GEMM over their concatenated weights (`trainer.parallelize`'s
-    run.fuse_projections): one read of x and, in backward, one K = q+2kv GEMM for x's gradient
-    instead of three K = dim GEMMs and two adds. The parameters (and state-dict keys) stay apart."""
-
     def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
         self.layer_id, self.n_heads, self.n_kv_heads, self.head_dim = layer_id, cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -147,15 +142,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 kv_cache: KVCache | None, start_pos: int) -> Tensor:
         B, T, _ = x.shape
-        if self.fused_projections:
-            w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
-            kv_dim = self.n_kv_heads * self.head_dim
-            q, k, v = F.linear(x, w).split([self.n_heads * self.head_dim, kv_dim, kv_dim], dim=-1)
-        else:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_id, start_pos, k, v)
@@ -179,9 +168,6 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool)
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up projection, w2 the down projection."""
 
-    fused_projections = False
-    """Run w1 and w3 as one GEMM over their concatenated weights (run.fuse_projections; see Attention's)."""
-
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
@@ -189,9 +175,6 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused_projections:
-            gate, up = F.linear(x, torch.cat([self.w1.weight, self.w3.weight])).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

@@ -235,12 +235,6 @@ class RunSection:
     Runtime-only: the same loss and gradients up to float summation order, like compile."""
     fused_loss_chunk: int = runtime_field(0)
     """Tokens per chunk of the fused loss; 0 = ~1 GiB of fp32 logits per chunk (2048 at 128k vocab)."""
-    fuse_projections: bool = runtime_field(False)
-    """Run each block's q/k/v projections as one GEMM and its gate/up projections as another, over
-    the weights concatenated on the fly (`model.llama`; parameters and checkpoints unchanged): fewer,
-    wider GEMMs, which pays where the model dim is small (125M's 768). Runtime-only: the same
-    products, summed in another order. Needs run.precision = bf16 and no LoRA on those linears
-    (FP8 and adapters replace the linears this bypasses)."""
     compile: bool = runtime_field(False)
     """torch.compile each transformer block (CUDA: ~1.2-1.5x faster after a minute of compiling)."""
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = runtime_field("default")
@@ -289,9 +283,6 @@ class RunSection:
         _check(not self.fp8_head or (self.precision != "bf16" and self.fused_loss), "run.fp8_head",
                f"needs an fp8-* run.precision and run.fused_loss=true (the FP8 head lives in the fused loss), "
                f"got run.precision = {self.precision!r}, run.fused_loss = {self.fused_loss}")
-        _check(not self.fuse_projections or self.precision == "bf16", "run.fuse_projections",
-               f"needs run.precision = 'bf16' (FP8 converts the linears it would bypass), "
-               f"got {self.precision!r}")
         _check(self.precision == "bf16" or self.dtype == "bfloat16", "run.precision",
                f"= {self.precision!r} needs run.dtype = 'bfloat16' (FP8 matmuls take and give bf16), "
                f"got run.dtype = {self.dtype!r}")

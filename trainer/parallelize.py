@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 import torch.distributed as tdist
@@ -30,7 +30,6 @@ from torch import nn
 from kiln.errors import KilnError
 from model import Llama, ModelConfig
 from model.fused_loss import default_chunk_size
-from model.llama import TransformerBlock
 from trainer import float8
 from trainer.config import RunSection
 
@@ -166,22 +165,6 @@ def apply_activation_checkpointing(model: Llama, every: int = 1) -> None:
             model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def apply_fused_projections(model: Llama) -> None:
-    """run.fuse_projections: each block's q/k/v and gate/up GEMMs fused (`model.llama`). The fused
-    forward reads the linears' weights directly, so it refuses linears that are not plain
-    ``nn.Linear`` (LoRA adapters, FP8): their own forward would be skipped."""
-    for i, layer in enumerate(model.layers):
-        block = cast(TransformerBlock, layer)  # before activation checkpointing wraps any
-        attention, ffn = block.attention, block.feed_forward
-        named = {"wq": attention.wq, "wk": attention.wk, "wv": attention.wv, "w1": ffn.w1, "w3": ffn.w3}
-        odd = [name for name, lin in named.items() if type(lin) is not nn.Linear]
-        if odd:
-            raise KilnError(f"train config: run.fuse_projections needs plain linears, but block {i}'s "
-                            f"{', '.join(odd)} are {type(named[odd[0]]).__name__}; drop them from "
-                            "lora.targets or set run.fuse_projections=false")
-        attention.fused_projections = ffn.fused_projections = True
-
-
 def select_attention_backend(run: RunSection) -> None:
     """run.sdpa_backend: flash switches cuDNN attention off for this process, so SDPA picks FlashAttention-2
     (before compile: the kernel is chosen when a graph is traced)."""
@@ -232,8 +215,6 @@ def parallelize(model: Llama, run: RunSection, dist: DistEnv) -> nn.Module:
     select_attention_backend(run)
     apply_param_dtype(model, run)
     apply_loss_and_precision(model, run, dist)
-    if run.fuse_projections:
-        apply_fused_projections(model)
     if run.activation_checkpointing:
         apply_activation_checkpointing(model, run.ac_every)
     if run.compile:

@@ -58,12 +58,10 @@ def test_device_gaps_adds_up_busy_and_idle_time(bench):
 
 @pytest.mark.filterwarnings("ignore:DTensor random operators")  # CPU meshes: harmless for init
 def test_single_gpu_fsdp_path_runs_on_cpu(bench, tmp_path):
-    """The CUDA default is FSDP on one device; its code path works in a 1-rank gloo group too (with
-    the fused projections reading the gathered weights)."""
+    """The CUDA default is FSDP on one device; its code path works in a 1-rank gloo group too."""
     report = bench.main(["--device", "cpu", "--preset", "debug", "--steps", "1", "--parallel", "fsdp",
-                         "--vocab-sizes", "none", "--seq-len", "32", "--fuse-projections",
-                         "--out", str(tmp_path / "b.json")])
-    assert [(r["parallel"], r["fuse_projections"]) for r in report["results"]] == [("fsdp", True)]
+                         "--vocab-sizes", "none", "--seq-len", "32", "--out", str(tmp_path / "b.json")])
+    assert [r["parallel"] for r in report["results"]] == ["fsdp"]
     assert not torch.distributed.is_initialized()
 
 

@@ -79,25 +79,6 @@ def test_fp8_configs_validate_without_a_gpu_or_torchao():
             load_config(TrainConfig, None, [*missing, "run.fp8_head=true"])
 
 
-def test_fuse_projections_is_runtime_only_and_refuses_fp8_and_lora():
-    from model import Llama, get_preset
-    from model.lora import apply_lora
-    from trainer.parallelize import apply_fused_projections
-
-    fused = load_config(TrainConfig, None, ["run.fuse_projections=true"])
-    assert canonical_dict(fused) == canonical_dict(TrainConfig())  # the same products, another order
-    with pytest.raises(KilnError, match=r"run\.fuse_projections.*needs run\.precision = 'bf16'.*fp8-tensorwise"):
-        load_config(TrainConfig, None, ["run.fuse_projections=true", "run.precision=fp8-tensorwise"])
-    model = Llama(get_preset("debug"))
-    apply_lora(model, 4, 8.0, 0.0, ["wq", "wv"])
-    with pytest.raises(KilnError, match=r"block 0's wq, wv are .*lora\.targets"):
-        apply_fused_projections(model)
-    assert not model.layers[0].attention.fused_projections
-    plain = Llama(get_preset("debug"))
-    apply_fused_projections(plain)
-    assert all(b.attention.fused_projections and b.feed_forward.fused_projections for b in plain.layers)
-
-
 def test_sdpa_backend_is_runtime_only_and_flash_switches_cudnn_attention_off():
     from trainer.parallelize import select_attention_backend
 
