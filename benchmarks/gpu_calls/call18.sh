@@ -7,6 +7,7 @@
 # 8B FP8 with Kahan weights ran at 10,442 tok/s against stochastic rounding's 13,298 (call 17), far more
 # than Kahan costs in bf16 (10,169 against 10,795): a profile (device gaps) and the allocator's retries
 # say whether it is memory pressure; recomputing every 8th block (4 of 32) leaves more room.
+# Ran on 59cb768; run.fuse_projections (--fuse-projections) was reverted after it, being slower.
 set -u
 R=/tmp/r18; NAME=call18
 # shellcheck source=lib.sh

@@ -124,3 +124,42 @@ def test_bf16_weights_learn_and_resume_exactly_under_fsdp(pattern_data, tmp_path
     model, _ = load_final(tmp_path / "straight" / "final")
     assert model.tok_embeddings.weight.dtype == torch.float32  # exported at checkpoint.export_dtype
 
+
+
+def test_fsdp_reduces_in_fp32_over_several_ranks_and_in_the_compute_dtype_on_one():
+    from trainer.parallelize import DistEnv, fsdp_reduce_dtype
+
+    def env(world_size: int) -> DistEnv:
+        return DistEnv(0, 0, world_size, torch.device("cpu"), "fsdp")
+
+    assert fsdp_reduce_dtype(env(2)) is torch.float32 and fsdp_reduce_dtype(env(8)) is torch.float32
+    assert fsdp_reduce_dtype(env(1)) is None  # MixedPrecisionPolicy: reduce in param_dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_one_rank_fsdp_gradients_are_bitwise_those_of_an_fp32_reduce(monkeypatch, param_dtype):
+    """On one rank the reduce-scatter sums nothing, so reducing bf16 gradients in bf16 (no fp32
+    copy) must give exactly the gradients the fp32 reduce gives, for fp32 and bf16 weights."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from kiln.config import load_config
+    from trainer import parallelize
+    from trainer.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["model.preset=debug", "run.device=cuda", "run.parallel=fsdp",
+                                          f"run.param_dtype={param_dtype}"])
+    dist = parallelize.init_distributed(cfg.run)
+    tokens = torch.randint(0, cfg.model_config().vocab_size, (2, 65), generator=torch.Generator().manual_seed(0))
+    x, y = tokens[:, :-1].to(dist.device), tokens[:, 1:].to(dist.device)
+    grads = []
+    for reduce in (torch.float32, None):
+        monkeypatch.setattr(parallelize, "fsdp_reduce_dtype", lambda _dist, reduce=reduce: reduce)
+        model, raw = parallelize.build_model(cfg.model_config(), cfg.run, dist)
+        with sdpa_kernel(SDPBackend.MATH):  # deterministic attention backward
+            model(x, y)[1].backward()
+        grads.append({n: p.grad.full_tensor() for n, p in raw.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert grad.dtype == getattr(torch, param_dtype) and torch.equal(grad, grads[1][name]), name
