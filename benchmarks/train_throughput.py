@@ -215,6 +215,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "mfu_pipelined": tokens_per_step / pipelined / dist.world_size * fpt / (spec.peak_tflops * 1e12),
         "peak_mem_gb": peak_memory_gb(dist.device),
         "alloc_retries": _minus(alloc_retries(dist.device), retries_at_warmup),
+        "peak_reserved_gb": torch.cuda.max_memory_reserved(dist.device) / 1e9 if dist.device.type == "cuda" else None,
         "params": count_params(model_cfg), "flops_per_token": fpt,
         "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
         "param_dtype": spec.param_dtype, "bf16_update": spec.bf16_update, "compile_mode": spec.compile_mode,
