@@ -172,6 +172,7 @@ def test_quality_gate_keeps_rows_whose_loss_cost_is_unmeasured_or_over_1_percent
     assert doc["speedup_8b_vs_torchtitan"] == pytest.approx(10000 / 7500)
     # FP8 over bf16 pairs the same weight handling (stochastic with stochastic) and is not gated
     assert doc["fp8_speedup_8b"] == pytest.approx(13000 / 11000)
+    assert doc["fp8_speedup_8b_quality_gated"] is None  # no FP8 row with passing weights
     assert gf.summarize(rows)["mfu_8b"] == pytest.approx(0.36)  # nothing measured: fp32 weights only
     assert gf.quality_ok(rows[1], {"bf16_weights_loss_rel_diff": 0.009})
 
@@ -195,3 +196,19 @@ def test_fp8_speedups_take_the_fastest_bf16_partner_and_pair_weight_handling():
                   kiln("llama3.1-8b", 140.0, seq=4096, param_dtype="bfloat16"))
     assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(1.2)  # 120 / 100, not 120 / 80
     assert doc["fp8_speedup_8b"] == pytest.approx(1.3)  # Kahan with Kahan; stochastic's 150 / 140 is less
+    gated = gf.summarize([gf.normalize(r) for r in (
+        kiln("llama3.1-8b", 115.0, seq=4096, precision="fp8-tensorwise", param_dtype="bfloat16", bf16_update="kahan"),
+        kiln("llama3.1-8b", 100.0, seq=4096, param_dtype="bfloat16", bf16_update="kahan"),
+        kiln("llama3.1-8b", 150.0, seq=4096, precision="fp8-tensorwise", param_dtype="bfloat16"),
+        kiln("llama3.1-8b", 120.0, seq=4096, param_dtype="bfloat16"))],
+        {"bf16_weights_loss_rel_diff": 0.014, "kahan_weights_loss_rel_diff": 0.005})
+    assert gated["fp8_speedup_8b"] == pytest.approx(1.25)  # stochastic's, with its loss cost on both sides
+    assert gated["fp8_speedup_8b_quality_gated"] == pytest.approx(1.15)  # Kahan's
+
+
+def test_rows_without_fsdp_say_so_and_pair_only_with_their_own_kind():
+    doc = summary(kiln("1b", 130.0, precision="fp8-tensorwise", parallel="none"), kiln("1b", 100.0),
+                  kiln("1b", 110.0, parallel="none"), kiln("1b", 115.0, precision="fp8-tensorwise", parallel="fsdp"))
+    assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(130 / 110)  # not 130 / 100
+    assert "parallel=none" in doc["figure_sources"]["fp8_speedup_vs_kiln_bf16"]
+    assert {r.get("parallel") for r in doc["rows"]} == {"none", None}  # fsdp is the default, left unsaid
