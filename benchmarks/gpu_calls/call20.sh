@@ -4,6 +4,7 @@
 # 0.8 s step) and its buffers a share of the memory behind the allocator retries. With bf16 weights there
 # is nothing for FSDP to cast, so `--parallel none` (plain tensors, autocast a no-op for the matmuls) drops
 # all of it: the 8B Kahan rows (bf16, FP8, FP8 + head) and 125M with Kahan weights, without FSDP.
+# Result: no retries; 8B Kahan bf16 11,468 (59.7 %), FP8 14,914, FP8 + head 15,122; 125M Kahan no FSDP 546,385.
 set -u
 R=/tmp/r20; NAME=call20; BUDGET=300
 # shellcheck source=lib.sh
