@@ -13,14 +13,15 @@ checkpointing). A figure is null when a side of it was not measured.
 
 How the figures pair rows (all on each shape's own vocab, failed rows left out):
 - ``fp8_speedup_vs_kiln_bf16``: Kiln 1b FP8 over Kiln 1b bf16 at the same micro-batch, seq_len,
-  compile, fused-loss, tying, checkpointing and weight setting; the best FP8 recipe.
+  compile, fused-loss, tying, checkpointing, weight setting and parallel mode; the best FP8 recipe.
 - ``best_1b_speedup_vs_torchtitan_bf16``: Kiln's fastest 1b row with an untied head (torchtitan's
   llama3 is untied; like with like) over torchtitan's fastest 1b bf16 row, at the same seq_len.
 - ``speedup_8b_vs_torchtitan``: Kiln's fastest 8b bf16 over torchtitan's fastest 8b bf16, same seq_len;
   ``speedup_8b_vs_torchtitan_fp32_weights`` the same with Kiln's fp32-weights rows only (no goal).
-- ``fp8_speedup_8b``: for each weight handling (param_dtype, bf16_update), Kiln's fastest 8b FP8 over
-  its fastest 8b bf16, same seq_len; the best of those (``fp8_speedup_8b_quality_gated``, no goal: the
-  best over the weight handlings that pass the quality gate below).
+- ``fp8_speedup_8b``: for each weight handling (param_dtype, bf16_update) and parallel mode (FSDP or
+  not), Kiln's fastest 8b FP8 over its fastest 8b bf16, same seq_len; the best of those
+  (``fp8_speedup_8b_quality_gated``, no goal: the best over the weight handlings that pass the
+  quality gate below).
 - ``mfu_8b`` / ``mfu_125m``: Kiln's best bf16 MFU (989 TFLOP/s spec) on that shape.
 Where several seq_lens pair up, a speedup is the smallest of them (it must hold at each).
 
@@ -49,6 +50,8 @@ from typing import Any
 
 PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 spec
 ROW_KEYS = ("system", "shape", "precision", "micro_batch", "seq_len", "tokens_per_s", "mfu", "peak_mem_gb")
+OPTIONAL_KEYS = ("tokens_per_s_pipelined", "alloc_retries", "peak_reserved_gb")
+"""Kept on a row when its report has them: the back-to-back rate, the allocator's retries, peak reserved GB."""
 PAIR_KEYS = ("tied", "compile", "compile_mode", "fused_loss", "activation_checkpointing", "vocab_size", "param_dtype",
              "bf16_update", "sdpa_backend", "parallel")
 SHAPE_OF = {"125m": "125m", "1b": "1b", "llama3-8b": "8b", "llama3.1-8b": "8b", "8b": "8b", "debug": "debug",
@@ -101,6 +104,9 @@ def normalize(raw: dict[str, Any], defaults: dict[str, Any] | None = None) -> di
         row["sdpa_backend"] = d["sdpa_backend"]
     if d.get("parallel") not in (None, "fsdp") and system == "kiln":  # FSDP (a 1-rank mesh on one GPU) is the default
         row["parallel"] = d["parallel"]
+    for key in OPTIONAL_KEYS:  # recorded from GPU call 17 on
+        if d.get(key) is not None:
+            row[key] = d[key]
     if "error" in d:
         row["error"] = d["error"]
     return row
@@ -217,8 +223,9 @@ def _fp8_same_batch(rows: list[dict[str, Any]]) -> tuple[float | None, str | Non
     return max(pairs) if pairs else (None, None)
 
 
-def _weights(r: dict[str, Any]) -> tuple[Any, Any]:
-    return r.get("param_dtype", "float32"), r.get("bf16_update")
+def _weights(r: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """What an FP8 row pairs on beyond seq_len: its weight handling, and whether it ran under FSDP."""
+    return r.get("param_dtype", "float32"), r.get("bf16_update"), r.get("parallel")
 
 
 def _fp8_speedup_same_weights(rows: list[dict[str, Any]], shape: str) -> tuple[float | None, str | None]:

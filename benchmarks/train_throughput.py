@@ -8,14 +8,13 @@
 What is measured: the trainer's own `trainer.loop.optimizer_step` with pretraining's
 `trainer.pretrain.lm_loss` (forward, backward, clip, AdamW) on a model built by
 `trainer.parallelize.build_model`, fed uniform random token ids from pinned host
-memory as the real loader feeds them (dense compute does not depend on token values).
-After `--warmup` untimed steps (compile, autotune, allocator warm-up), each of
-`--steps` steps is timed with a device synchronize after it; ``tokens_per_s`` is
-tokens per step over the median step time (mean reported too), measured as the
-baselines' runners measure theirs; the batches are made (and pinned) before the clock
-starts, as the trainer's loader makes them ahead (`random_batches`). Then `--steps` more run back to back with one
-synchronize at the end, as the trainer runs them (it never waits for the device between
-steps): ``tokens_per_s_pipelined`` / ``mfu_pipelined``, without the per-step drain.
+memory (dense compute does not depend on token values). After `--warmup` untimed
+steps (compile, autotune, allocator warm-up), each of `--steps` steps is timed with a
+device synchronize after it; ``tokens_per_s`` is tokens per step over the median step
+time (mean reported too), measured as the baselines' runners measure theirs, with the
+batches made and pinned before the clock starts (`random_batches`). Then `--steps` more
+run back to back with one synchronize at the end, as the trainer runs them (it never
+waits for the device between steps): ``tokens_per_s_pipelined`` / ``mfu_pipelined``.
 
 - MFU = tokens_per_s per device x `model.flops_per_token` / peak, with the peak
   `--peak-tflops` = 989 TFLOP/s: the H100 SXM dense bf16 spec (1979 is the sparse
@@ -145,12 +144,13 @@ BATCH_POOL = 4
 def random_batches(spec: BenchSpec, vocab_size: int, rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless CPU batches of uniform token ids, shaped like the loader's (x, y).
 
-    Made once and cycled, contiguous and (with CUDA) already pinned, so that a timed step holds
-    none of the host work the trainer's loader does ahead in its workers: drawing ~10^5 ids and
-    pinning them took ~8 ms of a 125M step's 245 ms, with the device idle (measured on 2026-12-04;
-    rows before that date include it)."""
+    Made once and cycled, contiguous and (with CUDA) already pinned. The trainer's host work for a
+    batch (the loader's read, `trainer.data.to_device`'s pin) overlaps the device's work on the
+    previous step, since its loop never synchronizes between steps; the timed loop here does, so the
+    same work would sit between two synchronizes with the device idle. Rows before GPU call 18 had it
+    inside the clock: the 125M timed rate then ran 3 % under its back-to-back rate (call 17)."""
     gen = torch.Generator().manual_seed(1234 + rank)
-    pin = spec.device != "cpu" and torch.cuda.is_available()
+    pin = spec.device == "cuda"  # resolve_defaults has made "auto" concrete
     pool = []
     for _ in range(BATCH_POOL):
         data = torch.randint(0, vocab_size, (spec.micro_batch_size, spec.seq_len + 1), generator=gen)
@@ -194,6 +194,10 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
                        grad_clip=cfg.optim.grad_clip)
     _synchronize(dist.device)
     pipelined = (time.perf_counter() - started) / spec.steps
+    memory = {"peak_mem_gb": peak_memory_gb(dist.device),  # before profiling: the measured steps' own
+              "alloc_retries": _minus(alloc_retries(dist.device), retries_at_warmup),
+              "peak_reserved_gb": torch.cuda.max_memory_reserved(dist.device) / 1e9 if dist.device.type == "cuda"
+              else None}
     if spec.profile and dist.is_main:
         step = functools.partial(optimizer_step, model, params, optimizer, scaler, batches, step_fn, accum=1,
                                  dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
@@ -213,10 +217,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
         "tokens_per_s_per_device": per_device, "mfu": per_device * fpt / (spec.peak_tflops * 1e12),
         "step_time_s_pipelined": pipelined, "tokens_per_s_pipelined": tokens_per_step / pipelined,
         "mfu_pipelined": tokens_per_step / pipelined / dist.world_size * fpt / (spec.peak_tflops * 1e12),
-        "peak_mem_gb": peak_memory_gb(dist.device),
-        "alloc_retries": _minus(alloc_retries(dist.device), retries_at_warmup),
-        "peak_reserved_gb": torch.cuda.max_memory_reserved(dist.device) / 1e9 if dist.device.type == "cuda" else None,
-        "params": count_params(model_cfg), "flops_per_token": fpt,
+        **memory, "params": count_params(model_cfg), "flops_per_token": fpt,
         "activation_checkpointing": spec.activation_checkpointing, "ac_every": spec.ac_every,
         "param_dtype": spec.param_dtype, "bf16_update": spec.bf16_update, "compile_mode": spec.compile_mode,
         "fused_loss_chunk": spec.fused_loss_chunk, "fp8_head": spec.fp8_head,
@@ -242,36 +243,38 @@ def profile_steps(step: Callable[[], Any], device: torch.device, out_dir: Path, 
             step()
         _synchronize(device)
     wall = time.perf_counter() - started
-    gaps = ""
+    events: list[dict[str, Any]] = []
     if device.type == "cuda":
         with tempfile.TemporaryDirectory() as tmp:
             trace = Path(tmp) / "trace.json"
             prof.export_chrome_trace(str(trace))
-            gaps = device_gaps(json.loads(trace.read_text()).get("traceEvents", []))
-    averages = prof.key_averages()
+            events = json.loads(trace.read_text()).get("traceEvents", [])
+    timeline = device_timeline(events)
+    busy = "device busy: no device events" if timeline is None else (
+        f"device busy {timeline[1] / 1e6:.3f} s ({100 * timeline[1] / 1e6 / wall:.1f} %)")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = averages.table(sort_by=sort, row_limit=30, max_name_column_width=70)
-    # kernels only: an aten op's "self device time" is its kernels' time again
-    device_us = sum(e.self_device_time_total for e in averages if e.device_type.name == "CUDA")
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=70)
     name = f"profile-{spec.preset}-mb{spec.micro_batch_size}-{spec.precision}{'-fused' if spec.fused_loss else ''}.txt"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / name
-    out.write_text(f"{spec}\n3 steps: wall {wall:.3f} s, device busy {device_us / 1e6:.3f} s "
-                   f"({100 * device_us / 1e6 / wall:.1f} %)\n\n{table}\n{gaps}")
+    out.write_text(f"{spec}\n3 steps: wall {wall:.3f} s, {busy}\n\n{table}\n{device_gaps(events) if events else ''}")
     return out
 
 
 DEVICE_EVENT_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+"""What occupies the device in a chrome trace; "gpu_user_annotation" ranges (``Optimizer.step#...``,
+``FSDP::...``) are left out: they span kernels that are already counted."""
 
 
-def device_gaps(events: list[dict[str, Any]], top: int = 15, min_gap_us: float = 5.0) -> str:
-    """Where the device waits: its busy time (the union of kernel/memcpy/memset intervals of a
-    chrome trace), its idle time inside that span, and the longest gaps with the kernels on each
-    side, as text. Idle time, not kernel time, is what CUDA graphs or fewer syncs can win back."""
+def device_timeline(events: list[dict[str, Any]],
+                    min_gap_us: float = 5.0) -> tuple[float, float, list[tuple[float, str, str]]] | None:
+    """(span, busy, gaps) of a chrome trace's device events, in us: busy is the union of their
+    intervals (overlapping kernels count once), gaps the idle stretches >= min_gap_us as (length,
+    the event ending last before, the next event), longest first; None without device events."""
     spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), str(e.get("name", "")))
                    for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_EVENT_CATEGORIES)
     if not spans:
-        return "device gaps: no device events in the trace\n"
+        return None
     busy, gaps = 0.0, []
     first = start = spans[0][0]
     end, last_name = spans[0][1], spans[0][2]  # last_name: the event that ends latest so far
@@ -284,11 +287,20 @@ def device_gaps(events: list[dict[str, Any]], top: int = 15, min_gap_us: float =
         if e > end:
             end, last_name = e, name
     busy += end - start
-    span = end - first
+    return end - first, busy, sorted(gaps, reverse=True)
+
+
+def device_gaps(events: list[dict[str, Any]], top: int = 15, min_gap_us: float = 5.0) -> str:
+    """Where the device waits, as text: its busy and idle time inside the span of a chrome trace's
+    device events, and the longest gaps with the events on each side. Idle time, not kernel time,
+    is what CUDA graphs or fewer synchronizes can win back."""
+    timeline = device_timeline(events, min_gap_us)
+    if timeline is None:
+        return "device gaps: no device events in the trace\n"
+    span, busy, gaps = timeline
     idle = span - busy
-    gaps.sort(reverse=True)
     lines = [f"device gaps: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {idle / 1e3:.2f} ms "
-             f"({100 * idle / span:.1f} %) in {len(gaps)} gaps >= {min_gap_us:g} us "
+             f"({100 * idle / span if span else 0.0:.1f} %) in {len(gaps)} gaps >= {min_gap_us:g} us "
              f"({sum(g for g, _, _ in gaps) / 1e3:.2f} ms)"]
     for gap, before, after in gaps[:top]:
         lines.append(f"  {gap:9.1f} us  after {before[:60]}  before {after[:60]}")

@@ -82,6 +82,17 @@ class PackedTokenDataset:
         return data[:, :-1], data[:, 1:]
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device` without stalling the loop: on CUDA from pinned, contiguous memory with
+    ``non_blocking``. A loader's ``data[:, :-1]`` is a strided view; pinned as it is, its copy would
+    still go through a pageable contiguous temporary, and a copy from pageable memory waits for the
+    device's queue to drain first -- a per-step synchronize that lets the GPU idle while the host
+    launches the next step."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.contiguous().pin_memory().to(device, non_blocking=True)
+
+
 MIX_BLOCK = 4096
 """Samples per block of the weighted source schedule (one seeded draw per block)."""
 

@@ -194,9 +194,11 @@ def apply_compile(model: Llama, mode: str = "default") -> None:
 
 def fsdp_reduce_dtype(dist: DistEnv) -> torch.dtype | None:
     """fp32 gradient reduce-scatter over several ranks (a sum of bf16 gradients loses bits); on one rank
-    None, i.e. in the compute dtype: there is nothing to sum, so the result is bit for bit the same,
-    without an fp32 copy of every block's gradients. At 8B that copy (0.87 GB a block) is what tipped
-    Kahan-weight FP8 at micro-batch 2 into allocator retries: ~110 ms of a 0.8 s step idle (call 18)."""
+    None, i.e. in the compute dtype: there is nothing to sum, so the result is bit for bit the same
+    (bf16 -> fp32 -> bf16 is exact, and the reduced gradient lands in the weights' own dtype either
+    way), without an fp32 copy of every block's gradients (0.87 GB a block at 8B). That holds because
+    every micro-batch's backward reduces (`trainer.loop.grad_sync_context` never defers FSDP's);
+    deferred, the unsharded gradients would accumulate in bf16 here and in fp32 with an fp32 reduce."""
     return torch.float32 if dist.world_size > 1 else None
 
 

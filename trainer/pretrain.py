@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from kiln.errors import KilnError
 from trainer.checkpoint import export_final
 from trainer.config import TrainConfig
-from trainer.data import PackedTokenDataset, TokenLoader, val_batches
+from trainer.data import PackedTokenDataset, TokenLoader, to_device, val_batches
 from trainer.loop import EXIT_STOPPED, STOP_ENV, Batch, Parts, Recipe, StopRequested, all_reduce_mean, run_main
 from trainer.parallelize import DistEnv, autocast_context, build_model
 from trainer.state import TrainState
@@ -55,9 +55,7 @@ def check_data(cfg: TrainConfig, vocab_size: int) -> None:
 
 def lm_loss(model: nn.Module, batch: Batch, dist: DistEnv) -> tuple[Tensor, dict[str, Tensor]]:
     """Next-token loss of one (inputs, targets) micro-batch; also the throughput benchmark's step."""
-    x, y = batch
-    if dist.device.type == "cuda":  # pinned host memory lets the copy overlap compute
-        x, y = x.pin_memory().to(dist.device, non_blocking=True), y.pin_memory().to(dist.device, non_blocking=True)
+    x, y = (to_device(t, dist.device) for t in batch)
     _, loss = model(x, y)
     return loss, {}
 

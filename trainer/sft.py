@@ -26,7 +26,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
-from trainer.data import val_batches
+from trainer.data import to_device, val_batches
 from trainer.finetune import FinetuneConfig, FinetuneRecipe
 from trainer.loop import Batch, run_main
 from trainer.parallelize import DistEnv, autocast_context
@@ -78,7 +78,7 @@ class SFTRecipe(FinetuneRecipe[SFTConfig]):
         return train_set
 
     def step(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        x, y, docs = (None if t is None else t.to(self.dist.device) for t in batch)
+        x, y, docs = (None if t is None else to_device(t, self.dist.device) for t in batch)
         _, loss = self.parts.model(x, y, doc_ids=docs)
         return loss, {}
 

@@ -7,9 +7,9 @@
 # 8B FP8 with Kahan weights ran at 10,442 tok/s against stochastic rounding's 13,298 (call 17), far more
 # than Kahan costs in bf16 (10,169 against 10,795): a profile (device gaps) and the allocator's retries
 # say whether it is memory pressure; recomputing every 8th block (4 of 32) leaves more room.
-# Ran on 59cb768; run.fuse_projections (--fuse-projections) was reverted after it, being slower.
+# Ran on a1ae845; run.fuse_projections (--fuse-projections, from 59cb768) was reverted after it, being slower.
 # Result: 125M 539,687 (pooled batches; 542,507 back to back), with fused projections 493,667 (reverted);
-#   8B Kahan FP8 mb2 9,699 with 46 allocator retries (profile: 33 % idle), 9,278 with every 8th block recomputed.
+#   8B Kahan FP8 mb2 9,699 with 2 allocator retries a step (profile: 33 % idle), 9,278 with every 8th block recomputed.
 set -u
 R=/tmp/r18; NAME=call18
 # shellcheck source=lib.sh

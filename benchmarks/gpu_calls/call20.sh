@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # GPU call 20 (the session's last ~450 s of device time). Call 18's 8B profile also gave FSDP's own copies on
-# its 1-rank mesh ~15 % of the kernel time (aten::copy_, device-to-device memcpy, chunk_cat: ~113 ms of a
-# 0.8 s step) and its buffers a share of the memory behind the allocator retries. With bf16 weights there
+# its 1-rank mesh ~13 % of the kernel time (aten::copy_ and chunk_cat: ~76 ms of a 0.8 s step) and its buffers a share of the memory behind the allocator retries. With bf16 weights there
 # is nothing for FSDP to cast, so `--parallel none` (plain tensors, autocast a no-op for the matmuls) drops
 # all of it: the 8B Kahan rows (bf16, FP8, FP8 + head) and 125M with Kahan weights, without FSDP.
 # Result: no retries; 8B Kahan bf16 11,468 (59.7 %), FP8 14,914, FP8 + head 15,122; 125M Kahan no FSDP 546,385.

@@ -212,3 +212,12 @@ def test_rows_without_fsdp_say_so_and_pair_only_with_their_own_kind():
     assert doc["fp8_speedup_vs_kiln_bf16"] == pytest.approx(130 / 110)  # not 130 / 100
     assert "parallel=none" in doc["figure_sources"]["fp8_speedup_vs_kiln_bf16"]
     assert {r.get("parallel") for r in doc["rows"]} == {"none", None}  # fsdp is the default, left unsaid
+    eight = summary(kiln("llama3.1-8b", 150.0, seq=4096, precision="fp8-tensorwise", parallel="none"),
+                    kiln("llama3.1-8b", 100.0, seq=4096), kiln("llama3.1-8b", 120.0, seq=4096, parallel="none"))
+    assert eight["fp8_speedup_8b"] == pytest.approx(1.25)  # against the no-FSDP bf16 row, not the FSDP one
+
+
+def test_rows_keep_the_pipelined_rate_and_allocator_figures_when_reported():
+    row = gf.normalize(kiln("125m", 100.0, tokens_per_s_pipelined=101.0, alloc_retries=0, peak_reserved_gb=58.4))
+    assert (row["tokens_per_s_pipelined"], row["alloc_retries"], row["peak_reserved_gb"]) == (101.0, 0, 58.4)
+    assert "alloc_retries" not in gf.normalize(kiln("125m", 100.0))

@@ -46,7 +46,8 @@ def test_device_gaps_adds_up_busy_and_idle_time(bench):
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
 
     events = [ev("mm", 0, 100), ev("side", 10, 20), ev("norm", 100, 50), ev("copy", 400, 10, "gpu_memcpy"),
-              ev("cpu_op", 150, 250, "cpu_op"), ev("adam", 200, 100), ev("tiny", 302, 1)]
+              ev("cpu_op", 150, 250, "cpu_op"), ev("adam", 200, 100), ev("tiny", 302, 1),
+              ev("Optimizer.step#AdamW.step", 140, 270, "gpu_user_annotation")]  # spans kernels: not counted
     text = bench.device_gaps(events, min_gap_us=5)
     # busy: [0, 150] + [200, 300] + [302, 303] + [400, 410] = 261 of a 410 us span
     assert text.splitlines()[0] == ("device gaps: span 0.41 ms, busy 0.26 ms, idle 0.15 ms (36.3 %) "

@@ -125,8 +125,11 @@ def test_bf16_weights_learn_and_resume_exactly_under_fsdp(pattern_data, tmp_path
     assert model.tok_embeddings.weight.dtype == torch.float32  # exported at checkpoint.export_dtype
 
 
-
+@pytest.mark.filterwarnings("ignore:DTensor random operators")
 def test_fsdp_reduces_in_fp32_over_several_ranks_and_in_the_compute_dtype_on_one():
+    from kiln.config import load_config
+    from trainer import parallelize
+    from trainer.config import TrainConfig
     from trainer.parallelize import DistEnv, fsdp_reduce_dtype
 
     def env(world_size: int) -> DistEnv:
@@ -134,6 +137,11 @@ def test_fsdp_reduces_in_fp32_over_several_ranks_and_in_the_compute_dtype_on_one
 
     assert fsdp_reduce_dtype(env(2)) is torch.float32 and fsdp_reduce_dtype(env(8)) is torch.float32
     assert fsdp_reduce_dtype(env(1)) is None  # MixedPrecisionPolicy: reduce in param_dtype
+    cfg = load_config(TrainConfig, None, ["model.preset=debug", "run.device=cpu", "run.parallel=fsdp"])
+    model, _ = parallelize.build_model(cfg.model_config(), cfg.run, parallelize.init_distributed(cfg.run))
+    for module in (model, model.layers[0]):  # the root and a block get the one-rank policy
+        group = module._get_fsdp_state()._fsdp_param_group
+        assert group is not None and group.mp_policy.reduce_dtype is None
 
 
 @pytest.mark.gpu
@@ -157,6 +165,8 @@ def test_one_rank_fsdp_gradients_are_bitwise_those_of_an_fp32_reduce(monkeypatch
     for reduce in (torch.float32, None):
         monkeypatch.setattr(parallelize, "fsdp_reduce_dtype", lambda _dist, reduce=reduce: reduce)
         model, raw = parallelize.build_model(cfg.model_config(), cfg.run, dist)
+        group = model.layers[0]._get_fsdp_state()._fsdp_param_group  # the policy did reach FSDP
+        assert group is not None and group.mp_policy.reduce_dtype is reduce
         with sdpa_kernel(SDPBackend.MATH):  # deterministic attention backward
             model(x, y)[1].backward()
         grads.append({n: p.grad.full_tensor() for n, p in raw.named_parameters()})

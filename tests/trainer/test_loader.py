@@ -13,7 +13,7 @@ import torch
 from kiln.errors import KilnError
 from storage.token_shards import TokenShardWriter
 from tests.storage.sparse_shards import EOS, LAYOUTS, G, SparseShard, write_sparse_shard
-from trainer.data import PackedTokenDataset, TokenLoader, val_batches
+from trainer.data import PackedTokenDataset, TokenLoader, to_device, val_batches
 
 T = 10
 
@@ -301,3 +301,28 @@ def test_loader_draws_exact_batches_beyond_2_32_and_resumes_there(big_split):
         loader.close()
     # Memmap slices only: no pass over the 32 GiB (apparent) of tokens.bin paged them in.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 512 * 1024
+
+
+def test_to_device_keeps_a_strided_batch_view_as_it_is():
+    data = torch.arange(2 * 9).view(2, 9)
+    y = data[:, 1:]
+    assert not y.is_contiguous()
+    moved = to_device(y, torch.device("cpu"))
+    assert torch.equal(moved, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_device_copies_a_strided_view_from_pinned_memory_without_waiting():
+    """The loader's y = data[:, 1:] is strided: it must still reach the GPU by a pinned, asynchronous copy
+    (a pageable one synchronizes the stream first, which drains the queue every step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    data = torch.randint(0, 1000, (8, 2049))
+    device = torch.device("cuda")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        moved = to_device(data[:, 1:], device)
+        torch.cuda.synchronize()
+    copies = [e.name for e in prof.events() if e.name.startswith("Memcpy HtoD")]
+    assert copies and all("Pinned" in name for name in copies), copies
+    assert torch.equal(moved.cpu(), data[:, 1:])
