@@ -223,16 +223,18 @@ def _fp8_same_batch(rows: list[dict[str, Any]]) -> tuple[float | None, str | Non
     return max(pairs) if pairs else (None, None)
 
 
-def _weights(r: dict[str, Any]) -> tuple[Any, Any, Any]:
+def _pairing_group(r: dict[str, Any]) -> tuple[Any, Any, Any]:
     """What an FP8 row pairs on beyond seq_len: its weight handling, and whether it ran under FSDP."""
     return r.get("param_dtype", "float32"), r.get("bf16_update"), r.get("parallel")
 
 
 def _fp8_speedup_same_weights(rows: list[dict[str, Any]], shape: str) -> tuple[float | None, str | None]:
-    """Per weight handling, fastest FP8 over fastest bf16 (the smallest over seq_lens); the best of those."""
+    """Per weight handling and parallel mode (`_pairing_group`), fastest FP8 over fastest bf16 (the smallest
+    over seq_lens); the best of those."""
     fp8, bf16 = _usable(rows, _is_kiln, shape, _fp8), _usable(rows, _is_kiln, shape, _bf16)
-    ratios = [_best_ratio_per_seq([r for r in fp8 if _weights(r) == group], [r for r in bf16 if _weights(r) == group])
-              for group in {_weights(r) for r in fp8}]
+    ratios = [_best_ratio_per_seq([r for r in fp8 if _pairing_group(r) == group],
+                                  [r for r in bf16 if _pairing_group(r) == group])
+              for group in {_pairing_group(r) for r in fp8}]
     known = [r for r in ratios if r[0] is not None]
     return max(known) if known else (None, None)
 

@@ -175,14 +175,15 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
     batches = random_batches(spec, model_cfg.vocab_size, dist.rank)
     params = trainable(raw)
     step_fn = functools.partial(lm_loss, model, dist=dist)
+    step = functools.partial(optimizer_step, model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist,
+                             run=cfg.run, grad_clip=cfg.optim.grad_clip)
 
     times, retries_at_warmup = [], None
     for i in range(spec.warmup + spec.steps):
         if i == spec.warmup:
             retries_at_warmup = alloc_retries(dist.device)
         started = time.perf_counter()
-        optimizer_step(model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist, run=cfg.run,
-                       grad_clip=cfg.optim.grad_clip)
+        step()
         _synchronize(dist.device)
         times.append(time.perf_counter() - started)
     timed = times[spec.warmup:]
@@ -190,8 +191,7 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
     # while the GPU works); the same steps again with one synchronize at the end give that rate.
     started = time.perf_counter()
     for _ in range(spec.steps):
-        optimizer_step(model, params, optimizer, scaler, batches, step_fn, accum=1, dist=dist, run=cfg.run,
-                       grad_clip=cfg.optim.grad_clip)
+        step()
     _synchronize(dist.device)
     pipelined = (time.perf_counter() - started) / spec.steps
     memory = {"peak_mem_gb": peak_memory_gb(dist.device),  # before profiling: the measured steps' own
@@ -199,8 +199,6 @@ def run_kiln(spec: BenchSpec) -> dict[str, Any]:
               "peak_reserved_gb": torch.cuda.max_memory_reserved(dist.device) / 1e9 if dist.device.type == "cuda"
               else None}
     if spec.profile and dist.is_main:
-        step = functools.partial(optimizer_step, model, params, optimizer, scaler, batches, step_fn, accum=1,
-                                 dist=dist, run=cfg.run, grad_clip=cfg.optim.grad_clip)
         profile_steps(step, dist.device, Path(spec.profile), spec)
     tokens_per_step = spec.micro_batch_size * spec.seq_len * dist.world_size
     median = statistics.median(timed)
