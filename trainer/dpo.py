@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from kiln.errors import KilnError
 from storage.atomic import atomic_path
 from trainer.checkpoint import save_pt
+from trainer.data import to_device
 from trainer.finetune import FinetuneConfig, FinetuneRecipe
 from trainer.loop import Batch, Parts, run_main
 from trainer.parallelize import DistEnv, autocast_context
@@ -95,8 +96,8 @@ def pair_logps(model: nn.Module, batch: Any, cfg: DPOConfig, dist: DistEnv) -> t
     """(chosen log-probs [B], rejected log-probs [B], pair indices [B]) of a PreferenceDataset batch."""
     x, y, index = batch
     with autocast_context(dist, cfg.run):
-        logits, _ = model(x.to(dist.device))
-    logps = sequence_logps(logits, y.to(dist.device))
+        logits, _ = model(to_device(x, dist.device))
+    logps = sequence_logps(logits, to_device(y, dist.device))
     n = index.shape[0]
     return logps[:n], logps[n:], index
 

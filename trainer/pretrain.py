@@ -68,7 +68,7 @@ def evaluate(model: nn.Module, val_set: PackedTokenDataset, cfg: TrainConfig, di
     for x, y in val_batches(val_set, cfg.data.micro_batch_size, cfg.run.val_batches,
                             rank=dist.rank, world_size=dist.world_size):
         with autocast_context(dist, cfg.run):
-            _, loss = model(x.to(dist.device), y.to(dist.device))
+            _, loss = model(to_device(x, dist.device), to_device(y, dist.device))
         total += torch.stack([loss.float(), torch.ones((), device=dist.device)])
     model.train()
     total = all_reduce_mean(total, dist)

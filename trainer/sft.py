@@ -47,9 +47,9 @@ def chat_val_loss(model: nn.Module, dataset: ChatDataset, cfg: SFTConfig, dist: 
     total = torch.zeros(2, device=dist.device)  # (summed loss, target tokens)
     for x, y, docs in cast(Any, val_batches)(cast(Any, dataset), cfg.data.micro_batch_size, cfg.run.val_batches,
                                              rank=dist.rank, world_size=dist.world_size):
-        x, y = x.to(dist.device), y.to(dist.device)
+        x, y = to_device(x, dist.device), to_device(y, dist.device)
         with autocast_context(dist, cfg.run):
-            _, loss = model(x, y, doc_ids=None if docs is None else docs.to(dist.device))
+            _, loss = model(x, y, doc_ids=None if docs is None else to_device(docs, dist.device))
         n = (y != -100).sum()
         total += torch.stack([loss.float() * n, n.float()])
     model.train()
