@@ -415,8 +415,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run.sdpa_backend: flash turns cuDNN attention off so SDPA uses FlashAttention-2")
     p.add_argument("--fp8-head", action="store_true",
                    help="run.fp8_head: the output head's matmuls in FP8 too (needs --precision fp8-* and --fused-loss)")
-    p.add_argument("--compile-mode", choices=["default", "max-autotune-no-cudagraphs"], default="default",
-                   help="run.compile_mode: torch.compile's mode (max-autotune also tunes GEMMs; slower compile)")
+    p.add_argument("--compile-mode", choices=["default", "tune-kernels", "max-autotune-no-cudagraphs"],
+                   default="default", help="run.compile_mode: tune-kernels tunes Inductor's Triton kernels; "
+                   "max-autotune also tries Triton GEMMs (slower compile)")
     p.add_argument("--untied-head", action="store_true", help="untie the output head from the embeddings")
     p.add_argument("--peak-tflops", type=float, default=H100_DENSE_BF16_TFLOPS,
                    help="per-device peak for MFU (989 = H100 SXM dense bf16 spec)")

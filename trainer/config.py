@@ -237,12 +237,14 @@ class RunSection:
     """Tokens per chunk of the fused loss; 0 = ~1 GiB of fp32 logits per chunk (2048 at 128k vocab)."""
     compile: bool = runtime_field(False)
     """torch.compile each transformer block (CUDA: ~1.2-1.5x faster after a minute of compiling)."""
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = runtime_field("default")
-    """torch.compile's mode with run.compile. max-autotune-no-cudagraphs also benchmarks Triton GEMM
-    templates against cuBLAS for each matmul shape and tunes the fused kernels' launch parameters:
-    minutes more compile the first time (cached afterwards), faster only where it finds better
-    kernels -- on an H200 with torch 2.11 cuBLAS won every GEMM it tried at 1B and 125M (README's GPU
-    frontier). No CUDA graphs: FSDP's hooks and the loader's host copies do not capture."""
+    compile_mode: Literal["default", "tune-kernels", "max-autotune-no-cudagraphs"] = runtime_field("default")
+    """torch.compile's mode with run.compile. tune-kernels: Inductor's coordinate-descent tuning of the
+    Triton kernels it generates (norms, RoPE, SwiGLU, the fused loss's softmax pass: block sizes and
+    warps benchmarked on the device), matmuls left to cuBLAS; tens of seconds more compile.
+    max-autotune-no-cudagraphs does that and also benchmarks Triton GEMM templates against cuBLAS
+    for each matmul shape: minutes more compile the first time (cached afterwards), and on an H200
+    with torch 2.11 cuBLAS won every GEMM it tried at 1B and 125M (README's GPU frontier). No CUDA
+    graphs: FSDP's hooks and the loader's host copies do not capture."""
     sdpa_backend: Literal["auto", "flash"] = runtime_field("auto")
     """Attention kernel on CUDA. auto: PyTorch's choice (cuDNN's flash attention on Hopper with torch
     2.11); flash: PyTorch's own FlashAttention-2 kernels (cuDNN attention switched off for the process),

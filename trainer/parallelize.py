@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as tdist
@@ -183,13 +183,25 @@ def apply_param_dtype(model: nn.Module, run: RunSection) -> None:
             param.data = param.data.to(dtype)
 
 
+COMPILE_OPTIONS: dict[str, dict[str, bool]] = {"tune-kernels": {"coordinate_descent_tuning": True}}
+"""`run.compile_mode` values that are Inductor options rather than a torch.compile mode. tune-kernels is
+the half of max-autotune that does not touch GEMMs: coordinate-descent search over each generated Triton
+kernel's block sizes and warps (cuBLAS keeps every matmul)."""
+
+
+def compile_kwargs(mode: str) -> dict[str, Any]:
+    """torch.compile's keyword for `run.compile_mode` (it takes a mode or options, not both)."""
+    return {"options": dict(COMPILE_OPTIONS[mode])} if mode in COMPILE_OPTIONS else {"mode": mode}
+
+
 def apply_compile(model: Llama, mode: str = "default") -> None:
     """Compile each block in place: blocks are identical, so one graph is reused and compile is fast."""
+    kwargs = compile_kwargs(mode)
     for block in model.layers:
-        block.compile(fullgraph=True, mode=mode)
+        block.compile(fullgraph=True, **kwargs)
     # The head (norm + output + cross-entropy) is compiled too: eager, the float32 upcast and the
     # log-softmax each make a full pass over the [B, T, vocab] logits.
-    model.head = torch.compile(model.head, mode=mode)  # type: ignore[method-assign]
+    model.head = torch.compile(model.head, **kwargs)  # type: ignore[method-assign]
 
 
 def fsdp_reduce_dtype(dist: DistEnv) -> torch.dtype | None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 
 import pytest
 import torch
 
+from model import Llama, get_preset
 from tests.trainer.conftest import content_digests, fresh_process_rngs, train_args, train_losses
 from trainer import loop
 from trainer.checkpoint import checkpoint_path, list_checkpoints, load_final, prune_checkpoints, step_of
 from trainer.metrics import read_metrics
+from trainer.parallelize import apply_compile, compile_kwargs
 from trainer.pretrain import EXIT_STOPPED, STOP_ENV, main
 
 
@@ -178,16 +181,37 @@ def test_activation_checkpointing_changes_memory_not_math(pattern_data, straight
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("weights", [[], ["run.parallel=fsdp", "run.param_dtype=bfloat16"],
-                                     ["run.parallel=fsdp", "run.param_dtype=bfloat16", "optim.bf16_update=kahan"]],
-                         ids=["fp32-weights-autocast", "bf16-weights-fsdp", "bf16-kahan-weights-fsdp"])
+                                     ["run.parallel=fsdp", "run.param_dtype=bfloat16", "optim.bf16_update=kahan"],
+                                     ["run.parallel=fsdp", "run.compile_mode=tune-kernels"]],
+                         ids=["fp32-weights-autocast", "bf16-weights-fsdp", "bf16-kahan-weights-fsdp",
+                              "fsdp-tuned-kernels"])
 def test_cuda_bf16_compiled_run_learns(pattern_data, tmp_path, weights):
-    """bf16 compute with fp32 master weights (autocast), and with bf16 weights under FSDP (the compiled
-    stochastic-rounding AdamW)."""
+    """bf16 compute with fp32 master weights (autocast), with bf16 weights under FSDP (the compiled
+    stochastic-rounding AdamW), and with Inductor's kernels tuned on the device (run.compile_mode)."""
     args = train_args(pattern_data, tmp_path, "run.device=cuda", "run.compile=true", "run.dtype=bfloat16", *weights)
     assert main(args) == 0
     losses = train_losses(tmp_path)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert read_metrics(tmp_path / "metrics.jsonl", "train")[-1]["peak_mem_gb"] > 0
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor on CPU needs a C++ compiler")
+def test_tune_kernels_reaches_inductor_as_an_option_and_computes_what_eager_does():
+    """torch.compile takes a mode or options, not both: tune-kernels is an Inductor option (a misspelt
+    one fails at compile), the torch modes pass through as modes."""
+    assert compile_kwargs("tune-kernels") == {"options": {"coordinate_descent_tuning": True}}
+    assert compile_kwargs("max-autotune-no-cudagraphs") == {"mode": "max-autotune-no-cudagraphs"}
+    torch.manual_seed(0)
+    model = Llama(get_preset("debug"))
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, 32))
+    with torch.no_grad():
+        eager_logits, eager_loss = model(tokens, tokens)
+        apply_compile(model, "tune-kernels")
+        logits, loss = model(tokens, tokens)
+    assert eager_logits is not None and logits is not None and eager_loss is not None and loss is not None
+    torch.testing.assert_close(logits, eager_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_step_lines_show_no_mfu(pattern_data, tmp_path, caplog):
