@@ -23,6 +23,10 @@ chunk's logits come out of the matmul in its input dtype (as ``nn.Linear`` gives
 upcast once; log-sum-exp, softmax and the loss run in float32; the weight gradient accumulates
 over chunks in float32 and is cast to the weight's dtype once at the end. Only the summation
 order differs, so in float32 the two agree to rounding.
+
+On CUDA with a vocabulary of at most 32768 the softmax pass (row losses and the logits' gradient)
+is one Triton kernel, `model.softmax_xent`, reading each chunk's logits once in their own dtype;
+larger vocabularies and the FP8 head keep the compiled torch code below.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from model import softmax_xent
 
 IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (SFT masks prompts this way)
 CHUNK_LOGITS_BYTES = 1 << 30
@@ -123,10 +129,20 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
     head8 = _Fp8Head.of(weight, h, counted) if fp8 else None
+    inv_counted = counted.reciprocal()
     for start in range(0, h.shape[0], chunk_size):
         h_c, t_c = h[start:start + chunk_size], targets[start:start + chunk_size]
         chunk8 = head8.chunk(h_c) if head8 is not None else None
-        logits = chunk8.logits() if chunk8 is not None else (h_c @ weight.t()).float()  # [C, V], fp32
+        if chunk8 is not None:
+            logits = chunk8.logits()  # [C, V], fp32
+        else:
+            logits_c = h_c @ weight.t()  # [C, V] in the compute dtype
+            if (need_h or need_w) and softmax_xent.applies(logits_c):  # one Triton pass over the chunk
+                row_losses, grad = softmax_xent.softmax_xent(logits_c, t_c, inv_counted, IGNORE_INDEX)
+                total = total + row_losses.sum()
+                _accumulate(grad, h_c, weight, grad_h, grad_w, start)
+                continue
+            logits = logits_c.float()
         lse = torch.logsumexp(logits, dim=-1)
         valid = t_c != IGNORE_INDEX
         safe = t_c.clamp(min=0)[:, None]  # ignored rows pick class 0; `valid` zeroes them below
@@ -143,14 +159,20 @@ def _chunked(h: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, need_h
             if grad_w is not None:
                 grad_w += chunk8.grad_w(g8)
             continue
-        grad = grad.mul_((valid / counted)[:, None]).to(weight.dtype)
-        if grad_h is not None:
-            grad_h[start:start + chunk_size] = grad @ weight
-        if grad_w is not None:
-            # (`torch.addmm(..., out_dtype=float32)` would add in the GEMM, but torch 2.11's addmm
-            # decomposition takes out_dtype for beta under torch.compile; inductor fuses this add.)
-            grad_w += (grad.t() @ h_c).float()
+        _accumulate(grad.mul_((valid / counted)[:, None]).to(weight.dtype), h_c, weight, grad_h, grad_w, start)
     return total / counted, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
+
+
+def _accumulate(grad: Tensor, h_c: Tensor, weight: Tensor, grad_h: Tensor | None, grad_w: Tensor | None,
+                start: int) -> None:
+    """A chunk's share of the gradients from its logits' gradient (in the weight's dtype): its rows of
+    grad_h, and its addition to the float32 grad_w."""
+    if grad_h is not None:
+        grad_h[start:start + grad.shape[0]] = grad @ weight
+    if grad_w is not None:
+        # (`torch.addmm(..., out_dtype=float32)` would add in the GEMM, but torch 2.11's addmm
+        # decomposition takes out_dtype for beta under torch.compile; inductor fuses this add.)
+        grad_w += (grad.t() @ h_c).float()
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

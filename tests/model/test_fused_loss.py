@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model import IGNORE_INDEX, Llama, get_preset
+from model import IGNORE_INDEX, Llama, get_preset, softmax_xent
 from model.fused_loss import default_chunk_size, linear_cross_entropy
 
 N, D, V = 37, 16, 50  # 37 tokens: no chunk size below divides it
@@ -156,9 +156,11 @@ def test_default_chunk_size_keeps_chunk_logits_near_one_gib():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_bfloat16_gradients_match_the_plain_bfloat16_head(compiled):
     """bf16 on CUDA, eager and under inductor with fullgraph (the trainer compiles the head): the loss and
-    gradients match the plain bf16 head's (one bf16 GEMM over all tokens, as nn.Linear computes it)."""
+    gradients match the plain bf16 head's (one bf16 GEMM over all tokens, as nn.Linear computes it).
+    With Triton the chunks' softmax pass is `model.softmax_xent`'s kernel (the vocab fits a row of it)."""
     gen = torch.Generator().manual_seed(3)
     n, d, v = 1000, 64, 4096  # 8 chunks of 128, the last one short
+    assert softmax_xent.applies(torch.empty(128, v, device="cuda", dtype=torch.bfloat16)) == softmax_xent.HAVE_TRITON
     h = torch.randn(n, d, generator=gen).cuda().bfloat16()
     w = (0.2 * torch.randn(v, d, generator=gen)).cuda().bfloat16()
     t = torch.randint(0, v, (n,), generator=gen).cuda()
