@@ -31,7 +31,7 @@ def _reference(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("vocab", [1000, 32000])
+@pytest.mark.parametrize("vocab", [1000, 32000, 50000])
 def test_row_losses_and_gradient_match_cross_entropy(dtype, vocab):
     gen = torch.Generator().manual_seed(vocab)
     rows = 24
