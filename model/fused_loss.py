@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model import softmax_xent
+import model.softmax_xent as softmax_xent
 
 IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (SFT masks prompts this way)
 CHUNK_LOGITS_BYTES = 1 << 30
