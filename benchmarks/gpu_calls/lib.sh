@@ -3,7 +3,12 @@
 # $OUT/$NAME.tar); BUDGET (seconds the call may use, default 580).
 # shellcheck shell=bash
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=$PWD
+# the carried wheels (`.whl`), when there are any: a call that needs only the machine's own packages carries none
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD
+fi
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 mkdir -p "$R"; LOG=$R/$NAME.log; START=$(date +%s); BUDGET=${BUDGET:-580}
 # seconds left of the call's budget
