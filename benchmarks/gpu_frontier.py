@@ -22,6 +22,8 @@ How the figures pair rows (all on each shape's own vocab, failed rows left out):
   not), Kiln's fastest 8b FP8 over its fastest 8b bf16, same seq_len; the best of those
   (``fp8_speedup_8b_quality_gated``, no goal: the best over the weight handlings that pass the
   quality gate below).
+- ``fp8_1b_speedup_vs_torchtitan_fp8`` / ``fp8_8b_speedup_vs_torchtitan_fp8`` (no goals): Kiln's fastest FP8 row
+  (untied at 1B) over torchtitan's fastest float8 row, same seq_len: FP8 against FP8.
 - ``mfu_8b`` / ``mfu_125m``: Kiln's best bf16 MFU (989 TFLOP/s spec) on that shape.
 Where several seq_lens pair up, a speedup is the smallest of them (it must hold at each).
 
@@ -30,7 +32,8 @@ recipe (bf16 compute, fp32 weights, bf16 head) counts for ``best_1b_speedup_vs_t
 ``mfu_8b``, ``speedup_8b_vs_torchtitan`` and ``mfu_125m`` only once a 1000-step convergence run measured
 that difference within the FP8 loss goal (1 %): the FP8 head (run.fp8_head) by
 ``fp8_head_loss_rel_diff``, bf16 weights by ``bf16_weights_loss_rel_diff`` (stochastic rounding) or
-``kahan_weights_loss_rel_diff`` (Kahan). FP8 block linears are the issue's own subject, gated by its
+``kahan_weights_loss_rel_diff`` (Kahan), and a row with both the FP8 head and Kahan weights also by
+their run together, ``fp8_head_kahan_loss_rel_diff``. FP8 block linears are the issue's own subject, gated by its
 ``fp8_loss_rel_diff`` goal. The FP8-over-bf16 speedups compare rows of the same weight handling and
 are not gated: they measure what FP8 adds to a recipe. Each change is measured on its own at 1B with a
 32k vocabulary (the tokenizer the quality runs train with), and against the median of repeated bf16
@@ -66,7 +69,8 @@ GOALS: dict[str, tuple[float, bool]] = {
     "fp8_speedup_8b": (1.2, True), "mfu_125m": (0.50, True), "checkpoint_stall_s_1b": (0.5, False),
 }
 MEASURED_FIGURES = ("fp8_loss_rel_diff", "fp8_all_loss_rel_diff", "fp8_head_loss_rel_diff",
-                    "bf16_weights_loss_rel_diff", "kahan_weights_loss_rel_diff", "checkpoint_stall_s_1b")
+                    "bf16_weights_loss_rel_diff", "kahan_weights_loss_rel_diff", "fp8_head_kahan_loss_rel_diff",
+                    "checkpoint_stall_s_1b")
 """Taken from the JSON that measured them (the convergence runs', the checkpoint benchmark's)."""
 
 
@@ -162,6 +166,8 @@ def quality_ok(row: dict[str, Any], extras: dict[str, Any]) -> bool:
     if row.get("param_dtype") == "bfloat16":
         kahan = row.get("bf16_update") == "kahan"
         checks.append(extras.get("kahan_weights_loss_rel_diff" if kahan else "bf16_weights_loss_rel_diff"))
+        if kahan and row.get("fp8_head"):  # two changes together: their own run too, since errors can add up
+            checks.append(extras.get("fp8_head_kahan_loss_rel_diff"))
     return all(c is not None and c <= QUALITY_LIMIT for c in checks)
 
 
@@ -267,6 +273,11 @@ def summarize(rows: list[dict[str, Any]], extras: dict[str, Any] | None = None) 
         "fp8_speedup_8b": _fp8_speedup_same_weights(rows, "8b"),
         # no goal: the same over the weight handlings that pass the quality gate (those the 8B bf16 figures use)
         "fp8_speedup_8b_quality_gated": _fp8_speedup_same_weights(gated, "8b"),
+        # no goals: FP8 against torchtitan's own float8 path (torchao tensorwise), where it runs
+        "fp8_1b_speedup_vs_torchtitan_fp8": _best_ratio_per_seq(
+            [r for r in untied_kiln_1b if _fp8(r["precision"])], _usable(rows, _is_tt, "1b", _fp8)),
+        "fp8_8b_speedup_vs_torchtitan_fp8": _best_ratio_per_seq(_usable(gated, _is_kiln, "8b", _fp8),
+                                                                _usable(rows, _is_tt, "8b", _fp8)),
         "mfu_125m": _best_mfu(gated, "125m"),
         "checkpoint_stall_s_1b": (extras.get("checkpoint_stall_s_1b"), "measured by the checkpoint benchmark"),
         # no goal: what run.param_dtype = "bfloat16" (the 8B rows' weights) costs in loss against fp32 weights
@@ -280,6 +291,10 @@ def summarize(rows: list[dict[str, Any]], extras: dict[str, Any] | None = None) 
         # no goal of its own; gates the fp8-head rows (see the module doc's quality gate)
         "fp8_head_loss_rel_diff": (extras.get("fp8_head_loss_rel_diff"),
                                    "measured by the convergence run, FP8 blocks and head against bf16"),
+        # no goal; gates rows with the FP8 head and Kahan bf16 weights together (the 8B FP8 head rows)
+        "fp8_head_kahan_loss_rel_diff": (extras.get("fp8_head_kahan_loss_rel_diff"),
+                                         "measured by the convergence run, FP8 blocks and head with Kahan bf16 "
+                                         "weights against bf16 with fp32 weights"),
     }
     ceiling = extras.get("matmul_ceiling") or {}
     doc: dict[str, Any] = {

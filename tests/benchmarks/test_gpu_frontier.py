@@ -177,6 +177,32 @@ def test_quality_gate_keeps_rows_whose_loss_cost_is_unmeasured_or_over_1_percent
     assert gf.quality_ok(rows[1], {"bf16_weights_loss_rel_diff": 0.009})
 
 
+def test_the_fp8_head_with_kahan_weights_counts_only_once_the_two_ran_together_within_1_percent():
+    row = gf.normalize(kiln("llama3.1-8b", 15000.0, mb=2, seq=4096, precision="fp8-tensorwise", fused_loss=True,
+                            fp8_head=True, param_dtype="bfloat16", bf16_update="kahan"))
+    alone = {"fp8_head_loss_rel_diff": 0.002, "kahan_weights_loss_rel_diff": 0.005}  # each passes by itself
+    assert not gf.quality_ok(row, alone)
+    assert not gf.quality_ok(row, {**alone, "fp8_head_kahan_loss_rel_diff": 0.011})
+    assert gf.quality_ok(row, {**alone, "fp8_head_kahan_loss_rel_diff": 0.003})
+    assert not gf.quality_ok(row, {"fp8_head_kahan_loss_rel_diff": 0.003})  # and each alone still counts
+    bf16 = gf.normalize(kiln("llama3.1-8b", 11000.0, mb=2, seq=4096, param_dtype="bfloat16", bf16_update="kahan"))
+    doc = gf.summarize([row, bf16], {**alone, "fp8_head_kahan_loss_rel_diff": 0.003})
+    assert doc["fp8_speedup_8b_quality_gated"] == pytest.approx(15000 / 11000)
+    assert doc["fp8_head_kahan_loss_rel_diff"] == 0.003
+
+
+def test_fp8_against_torchtitans_float8_pairs_untied_fp8_rows_only():
+    doc = summary(kiln("1b", 95.0, precision="fp8-tensorwise"),  # tied: torchtitan's llama3 is untied
+                  kiln("1b", 90.0, precision="fp8-tensorwise", tied=False), kiln("1b", 99.0, tied=False),
+                  tt("1b", 70.0, precision="fp8-tensorwise"), tt("1b", 60.0),
+                  kiln("llama3.1-8b", 15.0, seq=4096, precision="fp8-tensorwise"), tt("8b", 8.0, seq=4096))
+    assert doc["fp8_1b_speedup_vs_torchtitan_fp8"] == pytest.approx(90 / 70)
+    assert doc["fp8_8b_speedup_vs_torchtitan_fp8"] is None  # torchtitan's 8B float8 row is missing
+    doc = summary(kiln("llama3.1-8b", 15.0, seq=4096, precision="fp8-tensorwise"),
+                  tt("8b", 8.0, seq=4096, precision="fp8-tensorwise"))
+    assert doc["fp8_8b_speedup_vs_torchtitan_fp8"] == pytest.approx(15 / 8)
+
+
 def test_a_measurement_json_beats_the_figure_an_earlier_frontier_carries_whatever_the_file_order(tmp_path):
     earlier = gf.summarize([gf.normalize(tt("1b", 100.0))], {"fp8_head_loss_rel_diff": 0.02})
     for name in ("a_frontier.json", "z_frontier.json"):  # read before and after the measurement's file
