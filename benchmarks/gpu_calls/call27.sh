@@ -7,13 +7,11 @@ set -u
 R=/tmp/r27; NAME=call27; BUDGET=${BUDGET:-470}
 # shellcheck source=lib.sh
 source benchmarks/gpu_calls/lib.sh
-tt() { local name=$1 t=$2; shift 2; local l; l=$(left); [ "$t" -gt "$l" ] && t=$l
-  [ "$t" -lt 60 ] && { echo "skip $name" >> "$LOG"; return 1; }
-  echo "=== $name $(date +%T) (limit $t s)" >> "$LOG"
-  timeout "$t" torchrun --standalone --nproc-per-node 1 benchmarks/baselines/torchtitan_runner.py --compile --shape 8b \
-    --batch-size 1 --seq-len 4096 --steps 10 --warmup 4 --float8 tensorwise "$@" --out "$R/$name.json" > "$R/$name.log" 2>&1
-  local rc=$?; echo "rc=$rc" >> "$LOG"; grep -E "tok/s|Error|error|memory" "$R/$name.log" | tail -n 4 >> "$LOG"; pack
-  return $rc; }
+# tt NAME LIMIT ARGS...: one torchtitan 8B float8 row, skipped under 60 s
+tt() { local name=$1 t=$2; shift 2
+  row "$name" "$t" 60 "tok/s|Error|error|memory" torchrun --standalone --nproc-per-node 1 \
+    benchmarks/baselines/torchtitan_runner.py --compile --shape 8b --batch-size 1 --seq-len 4096 --steps 10 --warmup 4 \
+    --float8 tensorwise "$@" --out "$R/$name.json"; }
 tt tt-8b-fp8t-selective 260 --activation-checkpoint selective --selective-ac-option op \
   || tt tt-8b-fp8t-full 200 --activation-checkpoint full
 echo "=== done $(date +%T)" >> $LOG; pack
